@@ -1,0 +1,35 @@
+"""ctep: continuous-time Equilibrium Propagation on PyTorch.
+
+A network is an energy E(x, s; θ) over layer states; its dynamics are
+τ ⊙ ds/dt = −∂F/∂s with F = E + β·ℓ(s_L, y) and one time constant per neuron. States are relaxed
+to equilibrium, EP estimators turn equilibria into parameter gradients, and reference gradients
+(implicit differentiation) verify them.
+"""
+
+from .activations import Activation, get_activation
+from .dynamics import BoundField, VectorField
+from .energies import DenseHopfield, Energy, LayeredEnergy
+from .losses import CrossEntropy, SquaredError, get_cost
+from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
+from .timeconstants import TimeConstants
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Activation",
+    "BoundField",
+    "CrossEntropy",
+    "DenseHopfield",
+    "Energy",
+    "Equilibrium",
+    "LayeredEnergy",
+    "RelaxConfig",
+    "RelaxationError",
+    "SquaredError",
+    "Status",
+    "TimeConstants",
+    "VectorField",
+    "get_activation",
+    "get_cost",
+    "relax",
+]

@@ -1,0 +1,37 @@
+"""Per-sample dense Jacobians of maps over layer states (small nets: verification, Newton)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ._states import States, flatten_states
+
+
+def batched_jacobian(fn: Callable[[States], States], states: States) -> Tensor:
+    """J[b] = ∂g_b/∂s_b for g = ``fn(states)``, shape ``(B, n, n)``.
+
+    ``fn`` must treat samples independently (every ctep field does), so row i of each sample's
+    Jacobian is one vector-Jacobian product with the i-th unit vector, done for all rows at once
+    with ``is_grads_batched``.
+    """
+    with torch.enable_grad():
+        s = tuple(t.detach().requires_grad_(True) for t in states)
+        g = flatten_states(fn(s))
+        batch, n = g.shape
+        eye = torch.eye(n, dtype=g.dtype, device=g.device)
+        seeds = eye.unsqueeze(1).expand(n, batch, n)
+        try:
+            rows = torch.autograd.grad(g, s, grad_outputs=seeds, is_grads_batched=True,
+                                       allow_unused=True)
+        except RuntimeError:  # an op without a batching rule: fall back to one row at a time
+            rows_list = [torch.autograd.grad(g, s, grad_outputs=seeds[i], retain_graph=True,
+                                             allow_unused=True) for i in range(n)]
+            rows = tuple(torch.stack([r[k] if r[k] is not None else torch.zeros_like(s[k])
+                                      for r in rows_list]) for k in range(len(s)))
+    rows = tuple(r if r is not None else torch.zeros(n, *t.shape, dtype=g.dtype, device=g.device)
+                 for r, t in zip(rows, s, strict=True))
+    jac = torch.cat([r.reshape(n, batch, -1) for r in rows], dim=2)  # (n_out, B, n_in)
+    return jac.permute(1, 0, 2).contiguous()

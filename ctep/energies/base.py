@@ -1,0 +1,79 @@
+"""The energy interface: E(x, s; θ) per sample, and how its gradient drives the states."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .._states import Shapes, States
+
+
+class Energy(nn.Module):
+    """A scalar energy E(x, s; θ) per sample over layer states ``s = (s_1, ..., s_L)``.
+
+    The last state is the output layer: the nudge cost ℓ(s_L, y) acts on it. Subclasses
+    implement :meth:`energy` and may override :meth:`drive` (the dynamics) and
+    :meth:`stationarity` (a map whose roots are the equilibria, for Newton and implicit
+    differentiation). Time constants are not the energy's business: the vector field divides the
+    drive by τ.
+    """
+
+    #: Per-sample shapes of the states, one per layer (set by subclasses).
+    state_shapes: Shapes
+
+    def energy(self, x: Tensor, states: States) -> Tensor:  # pragma: no cover - abstract
+        """E(x, s; θ), shape ``(B,)``."""
+        raise NotImplementedError
+
+    def grad_states(self, x: Tensor, states: States) -> States:
+        """∂E/∂s by autograd (subclasses may give a closed form)."""
+        with torch.enable_grad():
+            s = tuple(t.detach().requires_grad_(True) for t in states)
+            e = self.energy(x, s).sum()
+            return torch.autograd.grad(e, s, create_graph=torch.is_grad_enabled())
+
+    def drive(self, x: Tensor, states: States, nudge: Tensor | None, *,
+              autograd: bool = False) -> States:
+        """τ ⊙ ds/dt. Gradient form: ``−(∂E/∂s + n)`` with ``n = β ∂ℓ/∂s_L`` on the output layer.
+
+        ``autograd`` asks for autograd derivatives instead of a closed form (they must agree).
+        """
+        grads = list(self.grad_states(x, states))
+        if nudge is not None:
+            grads[-1] = grads[-1] + nudge
+        return tuple(-g for g in grads)
+
+    def stationarity(self, x: Tensor, states: States, nudge: Tensor | None) -> States:
+        """A map g(s) with g(s*) = 0 exactly at the equilibria and a Jacobian invertible there.
+
+        Defaults to :meth:`drive`. Newton polishing and implicit differentiation use it.
+        """
+        return self.drive(x, states, nudge)
+
+    def clamp(self, states: States) -> States:
+        """Project states onto their domain (identity unless activations are clipped)."""
+        return tuple(states)
+
+    def init_states(self, batch: int, *, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> States:
+        """Zero states (projected onto the domain): the conventional free-phase start."""
+        return self.clamp(tuple(torch.zeros(batch, *shape, dtype=dtype, device=device)
+                                for shape in self.state_shapes))
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error for an input that does not fit this energy."""
+        if not torch.is_tensor(x):
+            raise TypeError(f"input must be a tensor, got {type(x).__name__}")
+        if x.is_floating_point() or x.is_complex():
+            if not torch.isfinite(x).all():
+                raise ValueError("input x contains NaN or infinite values")
+
+    def check_states(self, states: States) -> None:
+        """Raise a clear error when states do not match :attr:`state_shapes`."""
+        if len(states) != len(self.state_shapes):
+            raise ValueError(f"expected {len(self.state_shapes)} state tensors, got {len(states)}")
+        batch = states[0].shape[0]
+        for i, (s, shape) in enumerate(zip(states, self.state_shapes, strict=True)):
+            if tuple(s.shape) != (batch, *shape):
+                raise ValueError(f"state {i} has shape {tuple(s.shape)}, expected "
+                                 f"{(batch, *shape)}")

@@ -1,0 +1,90 @@
+"""Layered dense Hopfield energy (Scellier & Bengio 2017; Laborieux et al. 2021)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._states import States
+from ..activations import Activation, get_activation
+from .layered import LayeredEnergy
+
+
+class DenseHopfield(LayeredEnergy):
+    """Layers ``sizes = (n_0, n_1, ..., n_L)``: input x of width n_0, states s_1..s_L.
+
+    Primitive (bilinear in the layer activities r, with r_0 = x):
+
+        Φ(x, r) = Σ_{l=0}^{L-1} r_{l+1}ᵀ (W_l r_l + b_l),
+        ∂Φ/∂r_l = W_{l-1} r_{l-1} + b_{l-1} + W_lᵀ r_{l+1}   (the last term only for l < L).
+
+    The energy is E = Σ G(s) − Φ(x, s) (``form="primitive"``) or ½‖s‖² − Φ(x, ρ(s))
+    (``form="classical"``); see :mod:`ctep.energies.layered`.
+
+    Args:
+        sizes: widths from input to output, at least two.
+        activation: a name (``hard_sigmoid``, ``tanh``, ``sigmoid``, ``relu6``, ``relu_alpha``,
+            ``identity``), an :class:`~ctep.activations.Activation`, or one per state layer.
+        form: ``"primitive"`` (default) or ``"classical"``.
+        alpha: clip value for ``relu_alpha``.
+        seed: the weights are drawn from a generator seeded with it (no global RNG).
+        init_scale: weights ~ U(−a, a) with a = init_scale/√fan_in; biases start at zero.
+    """
+
+    def __init__(self, sizes: Sequence[int],
+                 activation: str | Activation | Sequence = "hard_sigmoid", *,
+                 form: str = "primitive", alpha: float | None = None, seed: int = 0,
+                 init_scale: float = 1.0, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        sizes = tuple(int(n) for n in sizes)
+        if len(sizes) < 2 or any(n < 1 for n in sizes):
+            raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
+        n_states = len(sizes) - 1
+        if isinstance(activation, (str, Activation)):
+            acts = [get_activation(activation, alpha)] * n_states
+        else:
+            acts = [get_activation(a, alpha) for a in activation]
+            if len(acts) != n_states:
+                raise ValueError(f"{len(acts)} activations given for {n_states} state layers")
+        super().__init__(acts, form)
+        self.sizes = sizes
+        self.state_shapes = tuple((n,) for n in sizes[1:])
+        gen = torch.Generator().manual_seed(int(seed))
+        dtype = dtype or torch.get_default_dtype()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+            bound = init_scale / math.sqrt(n_in)
+            w = (torch.rand(n_out, n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w.to(dtype=dtype, device=device)))
+            self.biases.append(nn.Parameter(torch.zeros(n_out, dtype=dtype, device=device)))
+
+    def phi(self, x: Tensor, r: States) -> Tensor:
+        below = (x, *r[:-1])
+        total = 0.0
+        for w, b, lo, hi in zip(self.weights, self.biases, below, r, strict=True):
+            total = total + (hi * (lo @ w.T + b)).sum(dim=1)
+        return total
+
+    def phi_grad(self, x: Tensor, r: States) -> States:
+        below = (x, *r[:-1])
+        grads = []
+        for layer, (w, b, lo) in enumerate(zip(self.weights, self.biases, below, strict=True)):
+            g = torch.addmm(b, lo, w.T)
+            if layer + 1 < len(r):
+                g = g + r[layer + 1] @ self.weights[layer + 1]
+            grads.append(g)
+        return tuple(grads)
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        if x.dim() != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"DenseHopfield{list(self.sizes)} expects input of shape "
+                             f"(B, {self.sizes[0]}), got {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        names = ",".join(sorted({a.name for a in self.activations}))
+        return f"sizes={list(self.sizes)}, activation={names}, form={self.form}"

@@ -1,0 +1,197 @@
+"""EP estimators: parameter gradients from free and nudged equilibria.
+
+With ψ(β) = ∂F/∂θ (θ, s*_β, β) and F = E + β·ℓ, the EP theorem (Scellier & Bengio 2017) gives
+dL/dθ = ψ'(0) for L(θ) = ℓ(s*_0(θ)). Every estimator here is a finite-difference formula in β,
+
+    ĝ = Σ_k c_k ψ(β_k)      (per sample, then averaged over the batch),
+
+computed as the θ-gradient of Σ_k c_k F(θ, s_k, β_k) with the equilibria s_k held fixed (one
+backward pass; parameters of the cost, such as a softmax read-out, get their gradient from the
+β·ℓ term). The nudged phases start from the free equilibrium.
+
+=================  =========================================  ===========================
+estimator          formula                                      bias
+=================  =========================================  ===========================
+one-sided          [ψ(β) − ψ(0)] / β                            O(β)   (exact: ∇ of
+                                                                (F*(β) − F*(0))/β)
+one-sided, random  same with β → ±β, sign drawn per batch       O(β²) in expectation
+centered           [ψ(β) − ψ(−β)] / (2β)                        O(β²)  (exact: ∇ of
+                                                                (F*(β) − F*(−β))/(2β))
+=================  =========================================  ===========================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ._states import States
+from .dynamics import VectorField
+from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
+
+FAILURE_POLICIES = ("raise", "mask")
+
+
+@dataclass
+class Estimate:
+    """Gradients from one estimator call, aligned with :attr:`params`."""
+
+    grads: tuple[Tensor, ...]
+    params: tuple[nn.Parameter, ...]
+    free: Equilibrium
+    nudged: tuple[Equilibrium, ...]
+    betas: tuple[float, ...]
+    loss: Tensor
+    used: Tensor
+    info: dict = field(default_factory=dict)
+
+    def write_grads(self, *, accumulate: bool = False) -> None:
+        """Store the gradients in ``p.grad`` (added to what is there when ``accumulate``)."""
+        for p, g in zip(self.params, self.grads, strict=True):
+            if accumulate and p.grad is not None:
+                p.grad.add_(g)
+            else:
+                p.grad = g.detach().clone()
+
+    def named(self, module: nn.Module) -> dict[str, Tensor]:
+        """The gradients keyed by the parameter names of ``module``."""
+        names = {id(p): n for n, p in module.named_parameters()}
+        return {names.get(id(p), f"param{i}"): g
+                for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True))}
+
+
+class Estimator:
+    """Base class: relaxes the phases, then differentiates Σ_k c_k F(s_k, β_k) in θ.
+
+    Args:
+        beta: nudge strength β > 0.
+        relax: relaxation settings of every phase.
+        nudged_relax: settings of the nudged phases, when they differ (e.g. a shorter budget).
+        on_failure: ``"raise"`` (default) raises :class:`RelaxationError` when a sample
+            diverges or its solver fails in any phase; ``"mask"`` leaves those samples out of the
+            batch average (and reports how many in ``Estimate.used``). Samples that merely ran
+            out of budget are kept in both cases: fixed-budget training relies on that.
+    """
+
+    name = "base"
+
+    def __init__(self, beta: float, *, relax: RelaxConfig | None = None,
+                 nudged_relax: RelaxConfig | None = None, on_failure: str = "raise") -> None:
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        if on_failure not in FAILURE_POLICIES:
+            raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}, got {on_failure!r}")
+        self.beta = float(beta)
+        self.relax = relax or RelaxConfig()
+        self.nudged_relax = nudged_relax or self.relax
+        self.on_failure = on_failure
+
+    def phases(self) -> list[tuple[float, float]]:  # pragma: no cover - abstract
+        """The nudged phases as (β_k, c_k); the free phase's coefficient is −Σ c_k... see
+        :meth:`free_coefficient`."""
+        raise NotImplementedError
+
+    def free_coefficient(self) -> float:
+        """c_0 of ψ(0) in the formula (0 for symmetric formulas)."""
+        return 0.0
+
+    def __call__(self, field: VectorField, x: Tensor, y: Tensor, *,
+                 free: Equilibrium | None = None, s0: States | None = None) -> Estimate:
+        """Estimate dL/dθ for the batch mean of the loss (does not touch ``.grad``)."""
+        if free is None:
+            free = relax(field.bind(x), s0, self.relax)
+        phases = self.phases()
+        nudged = tuple(relax(field.bind(x, y, b), free.states, self.nudged_relax)
+                       for b, _ in phases)
+        used = self._usable(free, nudged)
+        params = tuple(field.learnable_parameters())
+        with torch.enable_grad():
+            total = 0.0
+            c0 = self.free_coefficient()
+            if c0:
+                total = total + c0 * field.total_energy(x, _fixed(free.states))
+            for (b, c), eq in zip(phases, nudged, strict=True):
+                total = total + c * field.total_energy(x, _fixed(eq.states), y, b)
+            objective = (total * used).sum() / used.sum().clamp_min(1)
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+        grads = tuple(torch.zeros_like(p) if g is None else g.detach()
+                      for p, g in zip(params, grads, strict=True))
+        with torch.no_grad():
+            loss = field.loss(free.states, y)
+        return Estimate(grads, params, free, nudged, tuple(b for b, _ in phases), loss,
+                        used.bool(), {"estimator": self.name, "beta": self.beta})
+
+    def _usable(self, free: Equilibrium, nudged: Sequence[Equilibrium]) -> Tensor:
+        bad = torch.zeros_like(free.status, dtype=torch.bool)
+        for eq in (free, *nudged):
+            bad = bad | (eq.status == Status.DIVERGED) | (eq.status == Status.SOLVER_FAILED)
+        if bool(bad.any()):
+            if self.on_failure == "raise":
+                for eq in (free, *nudged):
+                    eq.check()
+                raise RelaxationError("a phase failed")  # pragma: no cover - check() raised
+        dtype = free.states[0].dtype
+        return (~bad).to(dtype if dtype.is_floating_point else torch.float64)
+
+
+class OneSidedEP(Estimator):
+    """ĝ = [ψ(β) − ψ(0)] / β (Scellier & Bengio 2017); bias O(β).
+
+    With ``random_sign=True`` the sign of β is drawn per call from a generator seeded with
+    ``seed`` (Scellier & Bengio 2017, Laborieux et al. 2021): the bias is O(β²) in expectation.
+    """
+
+    name = "one-sided"
+
+    def __init__(self, beta: float, *, random_sign: bool = False, seed: int = 0, **kwargs) -> None:
+        super().__init__(beta, **kwargs)
+        self.random_sign = random_sign
+        self._gen = torch.Generator().manual_seed(int(seed))
+
+    def phases(self) -> list[tuple[float, float]]:
+        b = self.beta
+        if self.random_sign and bool(torch.rand((), generator=self._gen) < 0.5):
+            b = -b
+        self._signed = b
+        return [(b, 1.0 / b)]
+
+    def free_coefficient(self) -> float:
+        return -1.0 / self._signed
+
+
+class CenteredEP(Estimator):
+    """ĝ = [ψ(β) − ψ(−β)] / (2β) (Laborieux et al. 2021, "symmetric"); bias O(β²).
+
+    Both nudged phases start from the free equilibrium. Alias: ``symmetric``. (In Laborieux's
+    code "CEP" means *continual* EP, in Scellier's *centered* EP: ctep uses neither acronym.)
+    """
+
+    name = "centered"
+
+    def phases(self) -> list[tuple[float, float]]:
+        b = self.beta
+        return [(b, 0.5 / b), (-b, -0.5 / b)]
+
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    "one-sided": OneSidedEP,
+    "centered": CenteredEP,
+}
+ALIASES = {"onesided": "one-sided", "vanilla": "one-sided", "symmetric": "centered"}
+
+
+def get_estimator(name: str, beta: float, **kwargs) -> Estimator:
+    """An estimator by name: ``one-sided`` (``vanilla``), ``centered`` (``symmetric``)."""
+    key = str(name).lower().replace("_", "-")
+    key = ALIASES.get(key.replace("-", ""), ALIASES.get(key, key))
+    if key not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[key](beta, **kwargs)
+
+
+def _fixed(states: States) -> States:
+    return tuple(s.detach() for s in states)

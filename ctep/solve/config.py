@@ -1,0 +1,57 @@
+"""How to relax: one dataclass shared by the estimators, references and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+#: ctep's own batched loops (τ-aware where it matters, per-sample stopping, no torchdiffeq)
+LOOP_METHODS = ("fixed_point", "exp_euler")
+
+
+@dataclass(frozen=True)
+class RelaxConfig:
+    """Settings of :func:`ctep.solve.relax`.
+
+    Attributes:
+        method: ``"fixed_point"`` (the damped map s ← s + h·drive, τ-free), ``"exp_euler"``
+            (exponential Euler with per-neuron factor h = 1 − exp(−dt/τ), exact for the unit
+            leak −s/τ), or any torchdiffeq method (``dopri5``, ``bosh3``, ``adaptive_heun``,
+            ``euler``, ``midpoint``, ``rk4``, ...).
+        tol: residual tolerance on ‖τ ⊙ ds/dt‖∞ (= ‖∂F/∂s‖∞ for gradient fields).
+        max_steps: loops: iteration cap; torchdiffeq: cap on solver steps within one check window.
+        max_time: torchdiffeq: time cap (default 500·τ_max).
+        dt: step of fixed-step methods (default 0.5·τ_min for torchdiffeq's fixed-grid methods,
+            τ_min for ``exp_euler``).
+        damping: h of ``fixed_point`` (1 gives the plain map s ← σ(∂Φ/∂s)).
+        check_every: loops: iterations between residual checks (0: run ``max_steps`` as a fixed
+            budget with no host synchronisation, then measure the residual once).
+        window: torchdiffeq: time to the first residual check (default τ_max); each later window
+            is ``window_growth`` times longer.
+        window_growth: growth factor of the check windows (≥ 1).
+        rtol, atol: torchdiffeq's local error tolerances (max norm). Only the end point matters,
+            and an attractor forgives path errors, so the defaults are loose in rtol (1e-3) and
+            atol = tol/10: an atol at or above tol leaves the residual on a floor above tol
+            (SOLVER_NOTES.md §2), a tight rtol costs 10x the evaluations for nothing.
+        polish: Newton steps after the relaxation (dense per-sample Jacobian: small nets only).
+        record: keep the trajectory at the check times.
+        diverge_at: states beyond this magnitude count as diverged.
+    """
+
+    method: str = "fixed_point"
+    tol: float = 1e-6
+    max_steps: int = 10_000
+    max_time: float | None = None
+    dt: float | None = None
+    damping: float = 1.0
+    check_every: int = 1
+    window: float | None = None
+    window_growth: float = 1.5
+    rtol: float = 1e-3
+    atol: float | None = None
+    polish: int = 0
+    record: bool = False
+    diverge_at: float = 1e8
+
+    def replace(self, **changes) -> RelaxConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)

@@ -1,0 +1,320 @@
+"""Relaxation to equilibrium: ctep's batched loops, torchdiffeq in check windows, Newton polish.
+
+Every method stops each sample on its own residual ‖τ ⊙ ds/dt‖∞ ≤ tol: converged samples are
+taken out of the working batch at each check, so a stiff sample costs only its own evaluations
+and no sample's result depends on the others' (torchdiffeq shares one step size across a batch:
+SOLVER_NOTES.md §1). Nothing here is differentiated: references unroll their own graphs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchdiffeq
+from torch import Tensor
+from torchdiffeq._impl.odeint import SOLVERS  # the method table of odeint (no public name)
+
+from .._linalg import batched_jacobian
+from .._states import (
+    States,
+    flatten_states,
+    per_sample_all_finite,
+    per_sample_max_abs,
+    unflatten_states,
+)
+from ..dynamics import BoundField
+from .config import LOOP_METHODS, RelaxConfig
+from .equilibrium import Equilibrium, Status, Trajectory
+
+TORCHDIFFEQ_METHODS = tuple(sorted(SOLVERS))
+_FIXED_GRID = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams")
+
+
+def available_methods() -> tuple[str, ...]:
+    """Every method name :func:`relax` accepts."""
+    return LOOP_METHODS + TORCHDIFFEQ_METHODS
+
+
+def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | None = None,
+          **overrides) -> Equilibrium:
+    """Integrate ``field`` from ``s0`` (zeros by default) until every sample's residual is ≤ tol.
+
+    Args:
+        field: a vector field bound to a batch (``VectorField.bind(x, y, beta)``).
+        s0: initial states (a warm start), or None for the energy's zero states.
+        config: a :class:`RelaxConfig`; keyword ``overrides`` replace its fields.
+
+    Returns:
+        An :class:`Equilibrium` with a status per sample; it never raises for a sample that
+        diverges or does not converge (call :meth:`Equilibrium.check` for that).
+    """
+    cfg = (config or RelaxConfig()).replace(**overrides) if overrides else (config or RelaxConfig())
+    if cfg.method not in available_methods():
+        raise ValueError(f"unknown relaxation method {cfg.method!r}; known: "
+                         f"{', '.join(available_methods())}")
+    if not (cfg.tol >= 0 and math.isfinite(cfg.tol)):
+        raise ValueError(f"tol must be finite and ≥ 0, got {cfg.tol}")
+    if cfg.max_steps < 1:
+        raise ValueError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
+    energy = field.energy
+    batch = field.x.shape[0]
+    if s0 is None:
+        dtype = field.x.dtype if field.x.is_floating_point() else None
+        p = next(iter(energy.parameters()), None)
+        dtype = p.dtype if p is not None else dtype
+        s0 = energy.init_states(batch, dtype=dtype, device=field.x.device)
+    else:
+        s0 = tuple(s0)
+        energy.check_states(s0)
+        if s0[0].shape[0] != batch:
+            raise ValueError(f"initial states have batch {s0[0].shape[0]}, inputs have {batch}")
+    with torch.no_grad():
+        s0 = energy.clamp(tuple(s.detach().clone() for s in s0))
+        if cfg.method in LOOP_METHODS:
+            eq = _relax_loop(field, s0, cfg)
+        else:
+            eq = _relax_torchdiffeq(field, s0, cfg)
+    if cfg.polish > 0:
+        eq = newton_polish(field, eq, cfg.polish)
+    return eq
+
+
+class _Book:
+    """Per-sample bookkeeping shared by the loop and ODE paths (full-batch outputs)."""
+
+    def __init__(self, s0: States, record: bool) -> None:
+        batch = s0[0].shape[0]
+        dev = s0[0].device
+        self.states = tuple(s.clone() for s in s0)
+        self.residual = torch.full((batch,), math.inf, dtype=torch.float64, device=dev)
+        self.status = torch.full((batch,), int(Status.MAX_STEPS), dtype=torch.int8, device=dev)
+        self.t = torch.zeros(batch, dtype=torch.float64, device=dev)
+        self.nfe = torch.zeros(batch, dtype=torch.int64, device=dev)
+        self.steps = torch.zeros(batch, dtype=torch.int64, device=dev)
+        self.record = record
+        self.rec_t: list[float] = []
+        self.rec_s: list[States] = []
+        self.rec_r: list[Tensor] = []
+
+    def write(self, idx: Tensor, states: States, residual: Tensor, t: float,
+              count: tuple[int, int] | None = None) -> None:
+        """Store samples ``idx``; ``count = (steps, nfe)`` sets their counters (loops)."""
+        for full, part in zip(self.states, states, strict=True):
+            full[idx] = part
+        self.residual[idx] = residual.to(torch.float64)
+        self.t[idx] = t
+        if count is not None:
+            self.steps[idx] = count[0]
+            self.nfe[idx] = count[1]
+
+    def snapshot(self, t: float) -> None:
+        if self.record:
+            self.rec_t.append(t)
+            self.rec_s.append(tuple(s.clone() for s in self.states))
+            self.rec_r.append(self.residual.clone())
+
+    def result(self, method: str, tol: float, message: str = "") -> Equilibrium:
+        traj = None
+        if self.record and self.rec_t:
+            traj = Trajectory(
+                times=torch.tensor(self.rec_t, dtype=torch.float64),
+                states=tuple(torch.stack([s[k] for s in self.rec_s])
+                             for k in range(len(self.states))),
+                residual=torch.stack(self.rec_r))
+        return Equilibrium(self.states, self.residual, self.status, self.t, self.nfe,
+                           self.steps, method, tol, traj, message)
+
+
+def _finish(book: _Book, idx: Tensor, states: States, r: Tensor, tol: float, limit: float,
+            t: float, count: tuple[int, int] | None = None) -> Tensor:
+    """Classify the working samples; write the finished ones; return the mask of those left."""
+    finite = torch.isfinite(r) & per_sample_all_finite(states)
+    big = per_sample_max_abs(states) > limit
+    diverged = ~finite | big
+    done = (r <= tol) & ~diverged
+    finished = done | diverged
+    if bool(finished.any()):
+        fi = idx[finished]
+        book.write(fi, tuple(s[finished] for s in states), r[finished], t, count)
+        book.status[idx[done]] = int(Status.CONVERGED)
+        book.status[idx[diverged]] = int(Status.DIVERGED)
+    return ~finished
+
+
+def _sub_field(field: BoundField, idx: Tensor, full_batch: int) -> BoundField:
+    """The same field restricted to samples ``idx`` (no input re-checks)."""
+    if idx.numel() == full_batch:
+        return field
+    y = None if field.y is None else field.y[idx]
+    return BoundField(field.field, field.x[idx], y, field.beta)
+
+
+def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
+    """ctep's loops: s ← clamp(s + h ⊙ drive(s)), checked every ``check_every`` iterations."""
+    energy = field.energy
+    batch = s0[0].shape[0]
+    if cfg.method == "fixed_point":
+        if not 0 < cfg.damping <= 1:
+            raise ValueError(f"fixed_point damping must lie in (0, 1], got {cfg.damping}")
+        h: tuple = (cfg.damping,) * len(s0)
+        time_per_step = 1.0
+    else:  # exp_euler: h = 1 − exp(−dt/τ), exact for the unit leak
+        tau_min = min(float((1 / it).min()) for it in field.inv_tau)
+        dt = cfg.dt if cfg.dt is not None else tau_min
+        if not dt > 0:
+            raise ValueError(f"dt must be positive, got {dt}")
+        h = tuple(-torch.expm1(-dt * it) for it in field.inv_tau)
+        time_per_step = dt
+    book = _Book(s0, cfg.record)
+    idx = torch.arange(batch, device=s0[0].device)
+    s = s0
+    f = field
+    book.snapshot(0.0)
+    check = cfg.check_every if cfg.check_every > 0 else cfg.max_steps + 1
+    step = 0
+    while True:
+        d = f.drive(s)  # drive at the state after `step` iterations (step + 1 evaluations)
+        if step % check == 0 or step == cfg.max_steps:
+            r = per_sample_max_abs(d)
+            t = step * time_per_step
+            if step == cfg.max_steps:  # budget spent: whatever is left is written as it is
+                keep = _finish(book, idx, s, r, cfg.tol, cfg.diverge_at, t, (step, step + 1))
+                book.write(idx[keep], tuple(x[keep] for x in s), r[keep], t, (step, step + 1))
+                idx = idx[:0]
+            else:
+                keep = _finish(book, idx, s, r, cfg.tol, cfg.diverge_at, t, (step, step + 1))
+                if cfg.record:
+                    book.write(idx[keep], tuple(x[keep] for x in s), r[keep], t)
+                    book.snapshot(t)
+                if not bool(keep.all()):
+                    idx, s, d = idx[keep], tuple(x[keep] for x in s), tuple(x[keep] for x in d)
+                    f = _sub_field(field, idx, batch)
+            if not idx.numel():
+                break
+        s = energy.clamp(tuple(x + hh * dd for x, hh, dd in zip(s, h, d, strict=True)))
+        step += 1
+    if cfg.record:
+        book.snapshot(step * time_per_step)
+    return book.result(cfg.method, cfg.tol)
+
+
+def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
+    """torchdiffeq over check windows; converged samples leave the working batch between them."""
+    energy = field.energy
+    batch = s0[0].shape[0]
+    taus = [1 / it for it in field.inv_tau]
+    tau_max = max(float(t.max()) for t in taus)
+    tau_min = min(float(t.min()) for t in taus)
+    max_time = cfg.max_time if cfg.max_time is not None else 500.0 * tau_max
+    window = cfg.window if cfg.window is not None else tau_max
+    if not (max_time > 0 and window > 0 and cfg.window_growth >= 1):
+        raise ValueError("max_time and window must be positive and window_growth ≥ 1")
+    options: dict = {}
+    if cfg.method in _FIXED_GRID:
+        dt = cfg.dt if cfg.dt is not None else 0.5 * tau_min
+        options["step_size"] = dt
+    elif cfg.method != "scipy_solver":
+        options["norm"] = _max_norm
+        options["max_num_steps"] = cfg.max_steps
+    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    limit = cfg.diverge_at
+    book = _Book(s0, cfg.record)
+    idx = torch.arange(batch, device=s0[0].device)
+    s = s0
+    f = field
+    t_now = 0.0
+    book.snapshot(0.0)
+    message = ""
+    # residual at the start: samples already at equilibrium stop here
+    r = f.residual(s)
+    book.nfe[idx] += 1
+    keep = _finish(book, idx, s, r, cfg.tol, limit, 0.0)
+    while True:
+        if not bool(keep.all()):
+            idx, s = idx[keep], tuple(x[keep] for x in s)
+            f = _sub_field(field, idx, batch)
+        if not idx.numel() or t_now >= max_time:
+            break
+        t_next = min(t_now + window, max_time)
+        if "step_size" in options:  # whole steps only
+            n = max(1, math.ceil((t_next - t_now) / options["step_size"] - 1e-9))
+            t_next = t_now + n * options["step_size"]
+        func = _Guarded(f, limit)
+        nfe_before = f.nfe
+        span = torch.tensor([t_now, t_next], dtype=torch.float64, device=s[0].device)
+        try:
+            sol = torchdiffeq.odeint(func, s, span, method=cfg.method, rtol=cfg.rtol,
+                                     atol=atol, options=dict(options))
+        except (AssertionError, RuntimeError) as err:
+            message = f"torchdiffeq stopped in window [{t_now:g}, {t_next:g}]: {err}"
+            book.write(idx, s, f.residual(s), t_now)
+            book.status[idx] = int(Status.SOLVER_FAILED)
+            idx = idx[:0]
+            break
+        s = energy.clamp(tuple(x[-1] for x in sol))
+        r = f.residual(s)
+        book.nfe[idx] += f.nfe - nfe_before
+        book.steps[idx] += 1
+        t_now = t_next
+        keep = _finish(book, idx, s, r, cfg.tol, limit, t_now)
+        if cfg.record:
+            book.write(idx[keep], tuple(x[keep] for x in s), r[keep], t_now)
+            book.snapshot(t_now)
+        window *= cfg.window_growth
+    if idx.numel():  # time cap reached
+        book.write(idx, s, r if r.shape[0] == idx.numel() else f.residual(s), t_now)
+    return book.result(cfg.method, cfg.tol, message)
+
+
+class _Guarded:
+    """ds/dt with samples beyond the divergence threshold frozen (so one exploding sample cannot
+    break the shared step size); they are reported as diverged at the next check."""
+
+    def __init__(self, field: BoundField, limit: float) -> None:
+        self.field = field
+        self.limit = limit
+
+    def __call__(self, t: Tensor, states: States) -> States:
+        out = self.field(t, states)
+        ok = (per_sample_max_abs(states) <= self.limit).to(out[0].dtype)
+        return tuple(o * ok.reshape(-1, *([1] * (o.dim() - 1))) for o in out)
+
+
+def _max_norm(tensors: States) -> Tensor:
+    return torch.stack([t.abs().max() for t in tensors]).max()
+
+
+def newton_polish(field: BoundField, eq: Equilibrium, steps: int) -> Equilibrium:
+    """Newton steps s ← s − J⁻¹ g(s) on the stationarity map g, per sample (dense J).
+
+    Samples that diverged or failed are left alone; the residual and status are recomputed
+    (a sample whose residual falls below tol becomes CONVERGED).
+    """
+    ok = (eq.status == Status.CONVERGED) | (eq.status == Status.MAX_STEPS)
+    if not bool(ok.any()):
+        return eq
+    idx = torch.nonzero(ok).flatten()
+    f = _sub_field(field, idx, eq.status.numel())
+    s = tuple(x[idx] for x in eq.states)
+    shapes = field.energy.state_shapes
+    for _ in range(steps):
+        jac = batched_jacobian(f.stationarity, s)
+        with torch.no_grad():
+            g = flatten_states(f.stationarity(s))
+            delta = torch.linalg.solve(jac, g.unsqueeze(-1)).squeeze(-1)
+            s = field.energy.clamp(unflatten_states(flatten_states(s) - delta, shapes))
+    with torch.no_grad():
+        r = f.residual(s)
+    states = tuple(x.clone() for x in eq.states)
+    for full, part in zip(states, s, strict=True):
+        full[idx] = part
+    residual = eq.residual.clone()
+    residual[idx] = r.to(residual.dtype)
+    status = eq.status.clone()
+    status[idx] = torch.where(r <= eq.tol, int(Status.CONVERGED), int(Status.MAX_STEPS)).to(
+        status.dtype)
+    nfe = eq.nfe.clone()
+    nfe[idx] += 2 * steps + 1
+    return Equilibrium(states, residual, status, eq.t, nfe, eq.steps, eq.method, eq.tol,
+                       eq.trajectory, eq.message, {**eq.extra, "newton_steps": steps})
