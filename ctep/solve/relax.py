@@ -218,6 +218,7 @@ def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equil
         options["norm"] = _max_norm
         options["max_num_steps"] = cfg.max_steps
     atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
     limit = cfg.diverge_at
     book = _Book(s0, cfg.record)
     idx = torch.arange(batch, device=s0[0].device)
@@ -244,7 +245,7 @@ def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equil
         nfe_before = f.nfe
         span = torch.tensor([t_now, t_next], dtype=torch.float64, device=s[0].device)
         try:
-            sol = torchdiffeq.odeint(func, s, span, method=cfg.method, rtol=cfg.rtol,
+            sol = torchdiffeq.odeint(func, s, span, method=cfg.method, rtol=rtol,
                                      atol=atol, options=dict(options))
         except (AssertionError, RuntimeError) as err:
             message = f"torchdiffeq stopped in window [{t_now:g}, {t_next:g}]: {err}"
