@@ -70,7 +70,7 @@ def random_problem(cfg: VerifyConfig) -> tuple[VectorField, Tensor, Tensor]:
         for w in energy.weights:
             w.mul_(cfg.weight_norm / torch.linalg.matrix_norm(w.double(), 2).to(dtype))
         for b in energy.biases:
-            b.copy_((torch.rand(b.shape, generator=gen, dtype=torch.float64) * 0.6 - 0.3))
+            b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) * 0.6 - 0.3)
     tau = TimeConstants.sample(energy.state_shapes, cfg.tau, cfg.tau_mean, cfg.tau_spread,
                                seed=cfg.seed + 2, dtype=dtype)
     field_ = VectorField(energy, cfg.cost, tau)

@@ -170,7 +170,6 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
     idx = torch.arange(batch, device=s0[0].device)
     s = s0
     f = field
-    book.snapshot(0.0)
     check = cfg.check_every if cfg.check_every > 0 else cfg.max_steps + 1
     step = 0
     while True:
@@ -225,12 +224,14 @@ def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equil
     s = s0
     f = field
     t_now = 0.0
-    book.snapshot(0.0)
     message = ""
     # residual at the start: samples already at equilibrium stop here
     r = f.residual(s)
     book.nfe[idx] += 1
     keep = _finish(book, idx, s, r, cfg.tol, limit, 0.0)
+    if cfg.record:
+        book.write(idx[keep], tuple(x[keep] for x in s), r[keep], 0.0)
+        book.snapshot(0.0)
     while True:
         if not bool(keep.all()):
             idx, s = idx[keep], tuple(x[keep] for x in s)
