@@ -9,6 +9,7 @@ to equilibrium, EP estimators turn equilibria into parameter gradients, and refe
 from .activations import Activation, get_activation
 from .dynamics import BoundField, VectorField
 from .energies import DenseHopfield, Energy, LayeredEnergy
+from .estimators import CenteredEP, Estimate, Estimator, OneSidedEP, get_estimator
 from .losses import CrossEntropy, SquaredError, get_cost
 from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
 from .timeconstants import TimeConstants
@@ -18,11 +19,15 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Activation",
     "BoundField",
+    "CenteredEP",
     "CrossEntropy",
     "DenseHopfield",
     "Energy",
     "Equilibrium",
+    "Estimate",
+    "Estimator",
     "LayeredEnergy",
+    "OneSidedEP",
     "RelaxConfig",
     "RelaxationError",
     "SquaredError",
@@ -31,5 +36,6 @@ __all__ = [
     "VectorField",
     "get_activation",
     "get_cost",
+    "get_estimator",
     "relax",
 ]
