@@ -91,13 +91,9 @@ class Estimator:
         self.on_failure = on_failure
 
     def phases(self) -> list[tuple[float, float]]:  # pragma: no cover - abstract
-        """The nudged phases as (β_k, c_k); the free phase's coefficient is −Σ c_k... see
-        :meth:`free_coefficient`."""
+        """The nudged phases as pairs (β_k, c_k). The free phase's coefficient is −Σ_k c_k, so
+        that the formula annihilates ψ's constant term."""
         raise NotImplementedError
-
-    def free_coefficient(self) -> float:
-        """c_0 of ψ(0) in the formula (0 for symmetric formulas)."""
-        return 0.0
 
     def __call__(self, field: VectorField, x: Tensor, y: Tensor, *,
                  free: Equilibrium | None = None, s0: States | None = None) -> Estimate:
@@ -111,8 +107,8 @@ class Estimator:
         params = tuple(field.learnable_parameters())
         with torch.enable_grad():
             total = 0.0
-            c0 = self.free_coefficient()
-            if c0:
+            c0 = -sum(c for _, c in phases)
+            if abs(c0) > 1e-12 * max(abs(c) for _, c in phases):
                 total = total + c0 * field.total_energy(x, _fixed(free.states))
             for (b, c), eq in zip(phases, nudged, strict=True):
                 total = total + c * field.total_energy(x, _fixed(eq.states), y, b)
@@ -156,11 +152,7 @@ class OneSidedEP(Estimator):
         b = self.beta
         if self.random_sign and bool(torch.rand((), generator=self._gen) < 0.5):
             b = -b
-        self._signed = b
         return [(b, 1.0 / b)]
-
-    def free_coefficient(self) -> float:
-        return -1.0 / self._signed
 
 
 class CenteredEP(Estimator):
