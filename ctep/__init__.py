@@ -9,7 +9,14 @@ to equilibrium, EP estimators turn equilibria into parameter gradients, and refe
 from .activations import Activation, get_activation
 from .dynamics import BoundField, VectorField
 from .energies import DenseHopfield, Energy, LayeredEnergy
-from .estimators import CenteredEP, Estimate, Estimator, OneSidedEP, get_estimator
+from .estimators import (
+    CenteredEP,
+    Estimate,
+    Estimator,
+    HolomorphicEP,
+    OneSidedEP,
+    get_estimator,
+)
 from .losses import CrossEntropy, SquaredError, get_cost
 from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
 from .timeconstants import TimeConstants
@@ -26,6 +33,7 @@ __all__ = [
     "Equilibrium",
     "Estimate",
     "Estimator",
+    "HolomorphicEP",
     "LayeredEnergy",
     "OneSidedEP",
     "RelaxConfig",

@@ -124,6 +124,8 @@ class Sigmoid(Activation):
         return p * (1.0 - p)
 
     def primitive(self, s: Tensor) -> Tensor:
+        if s.is_complex():  # analytic continuation (xlogy has no complex kernel)
+            return s * torch.log(s) + (1.0 - s) * torch.log(1.0 - s) + math.log(2.0)
         return torch.xlogy(s, s) + torch.xlogy(1.0 - s, 1.0 - s) + math.log(2.0)
 
     def inverse(self, s: Tensor) -> Tensor:

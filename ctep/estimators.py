@@ -17,6 +17,7 @@ one-sided          [ψ(β) − ψ(0)] / β                            O(β)   (e
 one-sided, random  same with β → ±β, sign drawn per batch       O(β²) in expectation
 centered           [ψ(β) − ψ(−β)] / (2β)                        O(β²)  (exact: ∇ of
                                                                 (F*(β) − F*(−β))/(2β))
+holomorphic, N     Re (1/N) Σ_k ψ(β_k)/β_k, β_k = |β|e^{2πik/N}  O(|β|^N)
 =================  =========================================  ===========================
 """
 
@@ -101,7 +102,7 @@ class Estimator:
         if free is None:
             free = relax(field.bind(x), s0, self.relax)
         phases = self.phases()
-        nudged = tuple(relax(field.bind(x, y, b), free.states, self.nudged_relax)
+        nudged = tuple(relax(field.bind(x, y, b), _start(free.states, b), self.nudged_relax)
                        for b, _ in phases)
         used = self._usable(free, nudged)
         params = tuple(field.learnable_parameters())
@@ -112,6 +113,8 @@ class Estimator:
                 total = total + c0 * field.total_energy(x, _fixed(free.states))
             for (b, c), eq in zip(phases, nudged, strict=True):
                 total = total + c * field.total_energy(x, _fixed(eq.states), y, b)
+            if torch.is_tensor(total) and total.is_complex():
+                total = total.real  # θ is real, so ∂θ Re(c·F) = Re(c·∂θF)
             objective = (total * used).sum() / used.sum().clamp_min(1)
             grads = torch.autograd.grad(objective, params, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if g is None else g.detach()
@@ -169,9 +172,49 @@ class CenteredEP(Estimator):
         return [(b, 0.5 / b), (-b, -0.5 / b)]
 
 
+class HolomorphicEP(Estimator):
+    """ĝ = Re (1/N) Σ_k ψ(β_k)/β_k with β_k = |β| e^{2πik/N} (Laborieux & Zenke 2022).
+
+    The first Fourier coefficient of ψ on the circle |β|: by Cauchy's formula it equals ψ'(0) up
+    to the aliased terms c_{1+mN}|β|^{mN}, so the bias is O(|β|^N). N = 2 is the centered
+    estimator. For real θ, ψ(β̄) = conj ψ(β): only the points with Im β_k ≥ 0 are relaxed and
+    the others enter as conjugates (⌊N/2⌋ + 1 phases). The energy, the cost and the activations
+    must be holomorphic (tanh, sigmoid, identity; no clip); each complex phase starts from the
+    free equilibrium and is relaxed in complex arithmetic.
+    """
+
+    name = "holomorphic"
+
+    def __init__(self, beta: float, *, points: int = 4, **kwargs) -> None:
+        super().__init__(beta, **kwargs)
+        if int(points) != points or points < 2:
+            raise ValueError(f"holomorphic EP needs an integer number of points ≥ 2, got {points}")
+        self.points = int(points)
+
+    def __call__(self, field: VectorField, x: Tensor, y: Tensor, **kwargs) -> Estimate:
+        bad = [a.name for a in getattr(field.energy, "activations", ()) if not a.smooth]
+        if bad:
+            raise ValueError(f"holomorphic EP needs holomorphic activations; {sorted(set(bad))} "
+                             "are clipped (use tanh, sigmoid or identity)")
+        return super().__call__(field, x, y, **kwargs)
+
+    def phases(self) -> list[tuple[complex, complex]]:
+        n = self.points
+        out = []
+        for k in range(n // 2 + 1):
+            b = self.beta * complex(math.cos(2 * math.pi * k / n), math.sin(2 * math.pi * k / n))
+            weight = 1.0 if (k == 0 or 2 * k == n) else 2.0  # conjugate partner folded in
+            if abs(b.imag) < 1e-15 * self.beta:
+                b = complex(b.real, 0.0)
+            c = weight / (n * b)
+            out.append((b.real if b.imag == 0 else b, c.real if b.imag == 0 else c))
+        return out
+
+
 ESTIMATORS: dict[str, type[Estimator]] = {
     "one-sided": OneSidedEP,
     "centered": CenteredEP,
+    "holomorphic": HolomorphicEP,
 }
 ALIASES = {"onesided": "one-sided", "vanilla": "one-sided", "symmetric": "centered"}
 
@@ -187,3 +230,10 @@ def get_estimator(name: str, beta: float, **kwargs) -> Estimator:
 
 def _fixed(states: States) -> States:
     return tuple(s.detach() for s in states)
+
+
+def _start(states: States, beta: float | complex) -> States:
+    """The free equilibrium as the start of a nudged phase (complex for a complex β)."""
+    if isinstance(beta, complex) and not states[0].is_complex():
+        return tuple(s.to(torch.promote_types(s.dtype, torch.complex64)) for s in states)
+    return states

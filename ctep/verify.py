@@ -45,6 +45,7 @@ class VerifyConfig:
     betas: tuple[float, ...] = (1e-1, 1e-2, 1e-3)
     estimators: tuple[str, ...] = ("one-sided", "centered")
     references: tuple[str, ...] = ("implicit",)
+    points: int = 4
     extra: dict = field(default_factory=dict)
 
     def relax_config(self) -> RelaxConfig:
@@ -93,7 +94,8 @@ def run_verification(cfg: VerifyConfig) -> dict:
     results = []
     for est_name in cfg.estimators:
         for beta in cfg.betas:
-            est = get_estimator(est_name, beta, relax=rc)
+            kwargs = {"points": cfg.points} if est_name == "holomorphic" else {}
+            est = get_estimator(est_name, beta, relax=rc, **kwargs)
             out = est(field_, x, y, free=free)
             for ref_name, ref in refs.items():
                 results.append({"estimator": est_name, "reference": ref_name,

@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--betas", type=_floats, default=d.betas, help="comma-separated β values")
     p.add_argument("--estimators", type=_names, default=d.estimators,
                    help="comma-separated: " + ", ".join(ESTIMATORS))
+    p.add_argument("--points", type=int, default=d.points,
+                   help="points on the circle for holomorphic EP (default %(default)s)")
     p.add_argument("--references", type=_names, default=d.references,
                    help="comma-separated: " + ", ".join(REFERENCES))
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                        tau_spread=args.tau_spread, method=args.method, tol=args.tol,
                        max_steps=args.max_steps, polish=args.polish, dtype=args.dtype,
                        seed=args.seed, batch=args.batch, weight_norm=args.weight_norm,
-                       betas=args.betas, estimators=args.estimators, references=args.references)
+                       betas=args.betas, estimators=args.estimators, references=args.references,
+                       points=args.points)
     report = run_verification(cfg)
     if args.json:
         print(json.dumps(report))

@@ -21,6 +21,8 @@ class DenseHopfield(LayeredEnergy):
         Φ(x, r) = Σ_{l=0}^{L-1} r_{l+1}ᵀ (W_l r_l + b_l),
         ∂Φ/∂r_l = W_{l-1} r_{l-1} + b_{l-1} + W_lᵀ r_{l+1}   (the last term only for l < L).
 
+    States may be complex (holomorphic EP): the weights are then cast to the states' dtype.
+
     The energy is E = Σ G(s) − Φ(x, s) (``form="primitive"``) or ½‖s‖² − Φ(x, ρ(s))
     (``form="classical"``); see :mod:`ctep.energies.layered`.
 
@@ -66,16 +68,17 @@ class DenseHopfield(LayeredEnergy):
         below = (x, *r[:-1])
         total = 0.0
         for w, b, lo, hi in zip(self.weights, self.biases, below, r, strict=True):
-            total = total + (hi * (lo @ w.T + b)).sum(dim=1)
+            total = total + (hi * (lo @ w.T.to(lo.dtype) + b)).sum(dim=1)
         return total
 
     def phi_grad(self, x: Tensor, r: States) -> States:
         below = (x, *r[:-1])
         grads = []
         for layer, (w, b, lo) in enumerate(zip(self.weights, self.biases, below, strict=True)):
-            g = torch.addmm(b, lo, w.T)
+            g = torch.addmm(b.to(lo.dtype), lo, w.T.to(lo.dtype))
             if layer + 1 < len(r):
-                g = g + r[layer + 1] @ self.weights[layer + 1]
+                above = r[layer + 1]
+                g = g + above @ self.weights[layer + 1].to(above.dtype)
             grads.append(g)
         return tuple(grads)
 
