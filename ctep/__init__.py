@@ -1,9 +1,10 @@
 """ctep: continuous-time Equilibrium Propagation on PyTorch.
 
-A network is an energy E(x, s; θ) over layer states; its dynamics are
-τ ⊙ ds/dt = −∂F/∂s with F = E + β·ℓ(s_L, y) and one time constant per neuron. States are relaxed
-to equilibrium, EP estimators turn equilibria into parameter gradients, and reference gradients
-(implicit differentiation) verify them.
+A network is an energy E(x, s; θ) over layer states; its dynamics, with one time constant per
+neuron, descend F = E + β·ℓ(s_L, y): τ ⊙ ds/dt = −∂F/∂s for the classical form, and
+τ ⊙ ds/dt = σ(∂Φ/∂s − β∂ℓ/∂s) − s (same fixed points) for the bounded primitive form. States
+are relaxed to equilibrium, EP estimators turn equilibria into parameter gradients, and
+reference gradients (implicit differentiation) verify them.
 """
 
 from .activations import Activation, get_activation

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=_ints, default=d.sizes, help="layer widths, input first "
                    f"(default {','.join(map(str, d.sizes))})")
     p.add_argument("--activation", default=d.activation, help="tanh, sigmoid, hard_sigmoid, "
-                   "relu6, identity (default %(default)s)")
+                   "relu6, relu_alpha, identity (default %(default)s)")
+    p.add_argument("--alpha", type=float, default=None, help="clip value of relu_alpha")
     p.add_argument("--form", default=d.form, choices=["primitive", "classical"])
     p.add_argument("--cost", default=d.cost, choices=["squared_error", "cross_entropy"])
     p.add_argument("--tau", default=d.tau, choices=DISTRIBUTIONS, help="τ distribution")
@@ -58,8 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    get_activation(args.activation)  # fail early on an unknown name
-    cfg = VerifyConfig(sizes=args.sizes, activation=args.activation, form=args.form,
+    get_activation(args.activation, args.alpha)  # fail early on an unknown name
+    cfg = VerifyConfig(sizes=args.sizes, activation=args.activation, alpha=args.alpha,
+                       form=args.form,
                        cost=args.cost, tau=args.tau, tau_mean=args.tau_mean,
                        tau_spread=args.tau_spread, method=args.method, tol=args.tol,
                        max_steps=args.max_steps, polish=args.polish, dtype=args.dtype,

@@ -191,6 +191,9 @@ def test_verify_cli_table_and_bad_options(capsys):
                  "--tau-spread", "0.5", "--method", "exp_euler", "--betas", "1e-3"]) == 0
     out = capsys.readouterr().out
     assert "centered" in out and "rel_error" in out
+    assert main(["verify", "--activation", "relu_alpha", "--alpha", "2.0", "--betas", "1e-3",
+                 "--json"]) == 0
+    assert "relu_alpha" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown activation"):
         main(["verify", "--activation", "swish"])
     with pytest.raises(ValueError, match="unknown relaxation method"):

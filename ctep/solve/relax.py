@@ -14,6 +14,7 @@ import torch
 import torchdiffeq
 from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS  # the method table of odeint (no public name)
+from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from .._linalg import batched_jacobian
 from .._states import (
@@ -28,7 +29,8 @@ from .config import LOOP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
 
 TORCHDIFFEQ_METHODS = tuple(sorted(SOLVERS))
-_FIXED_GRID = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams")
+#: torchdiffeq's fixed-grid methods take a step size (dt) instead of tolerances
+_FIXED_GRID = tuple(m for m, cls in SOLVERS.items() if issubclass(cls, FixedGridODESolver))
 
 
 def available_methods() -> tuple[str, ...]:
@@ -289,6 +291,9 @@ def _max_norm(tensors: States) -> Tensor:
 
 def newton_polish(field: BoundField, eq: Equilibrium, steps: int) -> Equilibrium:
     """Newton steps s ← s − J⁻¹ g(s) on the stationarity map g, per sample (dense J).
+
+    ``nfe`` grows by the field evaluations only (2 per step + 1); the n vector-Jacobian products
+    that assemble each J are not counted.
 
     Samples that diverged or failed are left alone; the residual and status are recomputed
     (a sample whose residual falls below tol becomes CONVERGED).
