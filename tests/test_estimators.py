@@ -198,3 +198,32 @@ def test_verify_cli_table_and_bad_options(capsys):
         main(["verify", "--activation", "swish"])
     with pytest.raises(ValueError, match="unknown relaxation method"):
         main(["verify", "--method", "leapfrog"])
+
+
+@pytest.mark.parametrize("activation,form,tau", [("tanh", "primitive", "lognormal"),
+                                                  ("sigmoid", "classical", "gamma"),
+                                                  ("hard_sigmoid", "primitive", "uniform"),
+                                                  ("identity", "classical", "constant")])
+def test_bptt_reference_agrees_with_implicit(activation, form, tau):
+    from ctep.reference import bptt_gradient
+
+    field, x, y = problem(activation=activation, form=form, tau=tau, tau_spread=0.5)
+    damping = 0.5 if form == "classical" else 1.0
+    free = relax(field.bind(x), method="fixed_point", tol=1e-13, max_steps=100_000,
+                 damping=damping)
+    ref = implicit_gradient(field, x, y, free.states)
+    by_map = bptt_gradient(field, x, y, free.states, steps=400, damping=damping)
+    tau_min = min(float(t.min()) for t in field.tau())
+    by_euler = bptt_gradient(field, x, y, free.states, steps=1500, dt=0.5 * tau_min)
+    assert compare(by_map, ref)["rel_error"] < 1e-8
+    assert compare(by_euler, ref)["rel_error"] < 1e-8
+    if activation in ("tanh", "sigmoid"):  # (clipped nets can have a nilpotent Jacobian)
+        short = bptt_gradient(field, x, y, free.states, steps=2, damping=damping)
+        assert compare(short, ref)["rel_error"] > 1e-3  # a truncated unroll is not the gradient
+
+
+def test_verify_cli_bptt_reference(capsys):
+    assert main(["verify", "--json", "--references", "implicit,bptt", "--betas", "1e-3",
+                 "--estimators", "centered"]) == 0
+    rows = {r["reference"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["bptt"]["rel_error"] == pytest.approx(rows["implicit"]["rel_error"], rel=1e-4)

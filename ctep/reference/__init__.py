@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..dynamics import VectorField
 from ..solve import Equilibrium, RelaxConfig
+from .bptt import bptt_gradient
 from .implicit import implicit_gradient
 from .metrics import compare
 
@@ -25,7 +26,14 @@ def _implicit(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
     return implicit_gradient(field, x, y, free.states)
 
 
-REFERENCES: dict[str, ReferenceFn] = {"implicit": _implicit}
+def _bptt(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
+          relax_config: RelaxConfig) -> tuple[Tensor, ...]:
+    """BPTT through 500 steps of the damped map (the relaxation's damping) from the free
+    equilibrium."""
+    return bptt_gradient(field, x, y, free.states, steps=500, damping=relax_config.damping)
+
+
+REFERENCES: dict[str, ReferenceFn] = {"implicit": _implicit, "bptt": _bptt}
 
 
 def get_reference(name: str) -> ReferenceFn:
@@ -35,4 +43,5 @@ def get_reference(name: str) -> ReferenceFn:
     return REFERENCES[name]
 
 
-__all__ = ["REFERENCES", "ReferenceFn", "compare", "get_reference", "implicit_gradient"]
+__all__ = ["REFERENCES", "ReferenceFn", "bptt_gradient", "compare", "get_reference",
+           "implicit_gradient"]
