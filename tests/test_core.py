@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import max_diff, problem
+from conftest import diverging_problem, max_diff, problem
 
 import ctep
 from ctep import RelaxConfig, Status, TimeConstants, VectorField, relax
@@ -212,13 +212,7 @@ def test_statuses_max_steps_and_diverged():
     assert (eq.status == Status.MAX_STEPS).all()
     with pytest.raises(ctep.RelaxationError, match="MAX_STEPS"):
         eq.check(allow_max_steps=False)
-    # identity activation with a strong positive coupling: E is unbounded below
-    e = ctep.DenseHopfield([2, 3, 2], "identity", dtype=torch.float64)
-    with torch.no_grad():
-        for w in e.weights:
-            w.fill_(2.0)
-    f = VectorField(e)
-    xx = torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    f, xx = diverging_problem()
     for method in ("fixed_point", "dopri5", "euler"):
         eq = relax(f.bind(xx), method=method, tol=1e-8, max_steps=2000, max_time=200)
         assert int(eq.status[0]) == Status.DIVERGED, method

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import max_diff, problem
+from conftest import diverging_problem, max_diff, problem
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -161,12 +161,7 @@ def test_random_sign_and_registry():
 
 
 def test_diverged_sample_raises_or_is_masked():
-    e = ctep.DenseHopfield([2, 3, 2], "identity", dtype=torch.float64)
-    with torch.no_grad():
-        for w in e.weights:
-            w.fill_(2.0)
-    field = VectorField(e)
-    x = torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    field, x = diverging_problem()
     y = torch.zeros(2, 2, dtype=torch.float64)  # sample 1 sits at s = 0 = y: its nudge is zero
     cfg = RelaxConfig(method="fixed_point", tol=1e-8, max_steps=500)
     with pytest.raises(ctep.RelaxationError, match="DIVERGED"):
