@@ -110,9 +110,9 @@ class Estimator:
             total = 0.0
             c0 = -sum(c for _, c in phases)
             if abs(c0) > 1e-12 * max(abs(c) for _, c in phases):
-                total = total + c0 * field.total_energy(x, _fixed(free.states))
+                total = total + c0 * field.total_energy(x, _fixed(free.states, used))
             for (b, c), eq in zip(phases, nudged, strict=True):
-                total = total + c * field.total_energy(x, _fixed(eq.states), y, b)
+                total = total + c * field.total_energy(x, _fixed(eq.states, used), y, b)
             if torch.is_tensor(total) and total.is_complex():
                 total = total.real  # θ is real, so ∂θ Re(c·F) = Re(c·∂θF)
             objective = (total * used).sum() / used.sum().clamp_min(1)
@@ -228,8 +228,12 @@ def get_estimator(name: str, beta: float, **kwargs) -> Estimator:
     return ESTIMATORS[key](beta, **kwargs)
 
 
-def _fixed(states: States) -> States:
-    return tuple(s.detach() for s in states)
+def _fixed(states: States, used: Tensor) -> States:
+    """Detached states; samples left out (diverged) are replaced by zeros, so that their
+    possibly infinite states cannot turn the batch's gradient into NaN (0·inf)."""
+    keep = used.bool()
+    return tuple(torch.where(keep.reshape(-1, *([1] * (s.dim() - 1))), s.detach(),
+                             torch.zeros_like(s)) for s in states)
 
 
 def _start(states: States, beta: float | complex) -> States:

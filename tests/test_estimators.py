@@ -169,6 +169,12 @@ def test_diverged_sample_raises_or_is_masked():
     out = CenteredEP(0.1, relax=cfg, on_failure="mask")(field, x, y)
     assert out.used.tolist() == [False, True]
     assert all(torch.isfinite(g).all() for g in out.grads)
+    # a fixed budget with no checks lets the runaway sample overflow to inf/NaN
+    budget = RelaxConfig(method="fixed_point", tol=1e-8, max_steps=3000, check_every=0)
+    assert not torch.isfinite(relax(field.bind(x), config=budget).states[0][0]).all()
+    out = CenteredEP(0.1, relax=budget, on_failure="mask")(field, x, y)
+    assert out.used.tolist() == [False, True]
+    assert all(torch.isfinite(g).all() for g in out.grads)
 
 
 def test_verify_cli_json(capsys):
