@@ -104,12 +104,89 @@ def run_verification(cfg: VerifyConfig) -> dict:
             for eq in out.nudged:
                 eq.check(allow_max_steps=False)
             for ref_name, ref in refs.items():
+                per_param = [compare((g,), (r,))["rel_error"]
+                             for g, r in zip(out.grads, ref, strict=True)]
                 results.append({"estimator": est_name, "reference": ref_name,
-                                "beta": float(beta), **compare(out.grads, ref)})
+                                "beta": float(beta), **compare(out.grads, ref),
+                                "per_parameter": per_param})
     summary = free.summary()
-    return {"results": results,
+    names = [n for n, _ in field_.named_parameters() if not n.startswith("tau.")]
+    return {"results": results, "parameters": names,
             "equilibrium": {"nfe_mean": summary["nfe_mean"],
                             "residual_max": summary["residual_max"],
                             "tau": field_.tau.stats()},
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in asdict(cfg).items() if k != "extra"}}
+
+
+METRICS = ("rel_error", "cosine", "sign_agreement", "max_abs_error")
+
+
+def report_dataset(report: dict):
+    """The report as an ``xarray.Dataset``: the metrics over (estimator, reference, beta) and
+    the relative error per parameter over (estimator, reference, beta, parameter)."""
+    import numpy as np
+    import xarray as xr
+
+    rows = report["results"]
+    ests = list(dict.fromkeys(r["estimator"] for r in rows))
+    refs = list(dict.fromkeys(r["reference"] for r in rows))
+    betas = sorted({r["beta"] for r in rows}, reverse=True)
+    params = report["parameters"]
+    shape = (len(ests), len(refs), len(betas))
+    data = {m: np.full(shape, np.nan) for m in METRICS}
+    per = np.full((*shape, len(params)), np.nan)
+    for r in rows:
+        i, j, k = ests.index(r["estimator"]), refs.index(r["reference"]), betas.index(r["beta"])
+        for m in METRICS:
+            data[m][i, j, k] = r[m]
+        per[i, j, k] = r["per_parameter"]
+    dims = ("estimator", "reference", "beta")
+    ds = xr.Dataset({m: (dims, v) for m, v in data.items()},
+                    coords={"estimator": ests, "reference": refs, "beta": betas,
+                            "parameter": params})
+    ds["rel_error_per_parameter"] = ((*dims, "parameter"), per)
+    for key, value in report["config"].items():
+        ds.attrs[f"config_{key}"] = str(value)
+    ds.attrs["free_residual_max"] = report["equilibrium"]["residual_max"]
+    return ds
+
+
+def plot_error_vs_beta(ds, reference: str | None = None):
+    """Log-log relative error against β, one line per estimator; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ref = reference or str(ds.reference.values[0])
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for est in ds.estimator.values:
+        err = ds.rel_error.sel(estimator=est, reference=ref)
+        ax.loglog(ds.beta.values, err.values, "o-", label=str(est))
+    ax.set_xlabel("β (|β| for holomorphic)")
+    ax.set_ylabel(f"relative error vs {ref}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def write_report(report: dict, out_dir) -> dict[str, str]:
+    """Write ``verify.nc`` (netCDF) and ``error_vs_beta.png`` into ``out_dir``; return paths."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = report_dataset(report)
+    nc = out / "verify.nc"
+    tmp = out / "verify.nc.tmp"
+    ds.to_netcdf(tmp)
+    tmp.replace(nc)  # atomic: a reader never sees a half-written file
+    fig = plot_error_vs_beta(ds)
+    png = out / "error_vs_beta.png"
+    fig.savefig(png, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return {"netcdf": str(nc), "figure": str(png)}

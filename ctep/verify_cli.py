@@ -10,7 +10,7 @@ from .estimators import ESTIMATORS
 from .reference import REFERENCES
 from .solve import available_methods
 from .timeconstants import DISTRIBUTIONS
-from .verify import DTYPES, VerifyConfig, run_verification
+from .verify import DTYPES, VerifyConfig, run_verification, write_report
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="points on the circle for holomorphic EP (default %(default)s)")
     p.add_argument("--references", type=_names, default=d.references,
                    help="comma-separated: " + ", ".join(REFERENCES))
+    p.add_argument("--out", default=None, help="folder for verify.nc (xarray/netCDF) and "
+                   "error_vs_beta.png")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                        betas=args.betas, estimators=args.estimators, references=args.references,
                        points=args.points)
     report = run_verification(cfg)
+    written = write_report(report, args.out) if args.out else {}
     if args.json:
         print(json.dumps(report))
         return 0
@@ -86,4 +89,6 @@ def run(args: argparse.Namespace) -> int:
     for r in report["results"]:
         print(f"{r['estimator']:<14}{r['reference']:<11}{r['beta']:>9.1e}{r['rel_error']:>12.3e}"
               f"{r['cosine']:>14.10f}{r['sign_agreement']:>12.3f}")
+    for kind, path in written.items():
+        print(f"wrote {kind}: {path}")
     return 0

@@ -228,3 +228,21 @@ def test_verify_cli_bptt_reference(capsys):
                  "--estimators", "centered"]) == 0
     rows = {r["reference"]: r for r in json.loads(capsys.readouterr().out)["results"]}
     assert rows["bptt"]["rel_error"] == pytest.approx(rows["implicit"]["rel_error"], rel=1e-4)
+
+
+def test_verify_report_netcdf_and_figure(tmp_path, capsys):
+    import xarray as xr
+
+    out = tmp_path / "report"
+    assert main(["verify", "--json", "--estimators", "one-sided,centered", "--references",
+                 "implicit", "--betas", "1e-1,1e-2", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (out / "error_vs_beta.png").stat().st_size > 1000
+    with xr.open_dataset(out / "verify.nc") as ds:
+        assert ds.rel_error.dims == ("estimator", "reference", "beta")
+        assert ds.rel_error_per_parameter.sizes["parameter"] == len(report["parameters"]) == 6
+        for r in report["results"]:
+            value = float(ds.rel_error.sel(estimator=r["estimator"], reference=r["reference"],
+                                           beta=r["beta"]))
+            assert value == pytest.approx(r["rel_error"], rel=1e-12)
+    assert not list(out.glob("*.tmp"))
