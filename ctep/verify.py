@@ -8,7 +8,7 @@ record per (estimator, reference, β).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -47,7 +47,6 @@ class VerifyConfig:
     estimators: tuple[str, ...] = ("one-sided", "centered")
     references: tuple[str, ...] = ("implicit",)
     points: int = 4
-    extra: dict = field(default_factory=dict)
 
     def relax_config(self) -> RelaxConfig:
         # the classical form's flow has a unit leak plus ρ' terms: a damped map is safer
@@ -116,7 +115,7 @@ def run_verification(cfg: VerifyConfig) -> dict:
                             "residual_max": summary["residual_max"],
                             "tau": field_.tau.stats()},
             "config": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in asdict(cfg).items() if k != "extra"}}
+                       for k, v in asdict(cfg).items()}}
 
 
 METRICS = ("rel_error", "cosine", "sign_agreement", "max_abs_error")

@@ -42,8 +42,7 @@ def test_clip_activations_and_unknown_names():
                                                                              dtype=torch.float64)])
 def test_cost_closed_form_gradient_matches_autograd(cost):
     g = torch.Generator().manual_seed(0)
-    out = torch.rand(5, 6 if cost.__class__ is not CrossEntropy or cost.readout else 6,
-                     generator=g, dtype=torch.float64)
+    out = torch.rand(5, 6, generator=g, dtype=torch.float64)
     width = 4 if getattr(cost, "readout", None) is not None else 6
     y = torch.randint(0, width, (5,), generator=g)
     o = out.clone().requires_grad_(True)
@@ -212,6 +211,11 @@ def test_statuses_max_steps_and_diverged():
     assert (eq.status == Status.MAX_STEPS).all()
     with pytest.raises(ctep.RelaxationError, match="MAX_STEPS"):
         eq.check(allow_max_steps=False)
+    # the time cap of an ODE method: status MAX_STEPS, and the residual of the states returned
+    capped = relax(field.bind(x), method="dopri5", tol=1e-12, max_time=0.5)
+    assert (capped.status == Status.MAX_STEPS).all() and (capped.t == 0.5).all()
+    assert torch.allclose(capped.residual, field.bind(x).residual(capped.states), rtol=0,
+                          atol=1e-15)
     f, xx = diverging_problem()
     for method in ("fixed_point", "dopri5", "euler"):
         eq = relax(f.bind(xx), method=method, tol=1e-8, max_steps=2000, max_time=200)

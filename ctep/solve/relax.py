@@ -51,7 +51,7 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
         An :class:`Equilibrium` with a status per sample; it never raises for a sample that
         diverges or does not converge (call :meth:`Equilibrium.check` for that).
     """
-    cfg = (config or RelaxConfig()).replace(**overrides) if overrides else (config or RelaxConfig())
+    cfg = (config or RelaxConfig()).replace(**overrides)
     if cfg.method not in available_methods():
         raise ValueError(f"unknown relaxation method {cfg.method!r}; known: "
                          f"{', '.join(available_methods())}")
@@ -236,7 +236,7 @@ def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equil
         book.snapshot(0.0)
     while True:
         if not bool(keep.all()):
-            idx, s = idx[keep], tuple(x[keep] for x in s)
+            idx, s, r = idx[keep], tuple(x[keep] for x in s), r[keep]
             f = _sub_field(field, idx, batch)
         if not idx.numel() or t_now >= max_time:
             break
@@ -266,8 +266,8 @@ def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equil
             book.write(idx[keep], tuple(x[keep] for x in s), r[keep], t_now)
             book.snapshot(t_now)
         window *= cfg.window_growth
-    if idx.numel():  # time cap reached
-        book.write(idx, s, r if r.shape[0] == idx.numel() else f.residual(s), t_now)
+    if idx.numel():  # time cap reached: write what is left, status MAX_STEPS
+        book.write(idx, s, r, t_now)
     return book.result(cfg.method, cfg.tol, message)
 
 
