@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("ctep.verify_cli", "check EP gradients against reference gradients"),
+    "train": ("ctep.train_cli", "train a network from a TOML config into a run folder"),
 }
 
 

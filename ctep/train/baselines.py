@@ -1,0 +1,44 @@
+"""Backprop baselines on the same architecture: a feedforward pass, and BPTT through relaxation.
+
+* **BP**: the network's layers as a feedforward net, r_l = σ_l(W_{l−1} r_{l−1} + b_{l−1}) with
+  r_0 = x (no feedback from the layers above), trained by backprop on ℓ(r_L, y).
+* **BPTT**: the loss ℓ(s_T, y) after T steps of the relaxation map s ← clamp(s + h·drive(s))
+  from zero states (h = the damping), differentiated through all T steps (Ernoult et al. 2019's
+  BPTT baseline: what EP approximates with the same T).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .._states import States
+from ..dynamics import VectorField
+from ..energies import DenseHopfield
+
+
+def feedforward(field: VectorField, x: Tensor) -> States:
+    """The feedforward pass of a dense net (a differentiable graph in θ)."""
+    energy = field.energy
+    if not isinstance(energy, DenseHopfield):
+        raise ValueError(f"the BP baseline needs a dense model, got {type(energy).__name__}")
+    r = x
+    out = []
+    for w, b, act in zip(energy.weights, energy.biases, energy.activations, strict=True):
+        r = act(r @ w.T + b)
+        out.append(r)
+    return tuple(out)
+
+
+def unrolled(field: VectorField, x: Tensor, steps: int, damping: float = 1.0) -> States:
+    """States after ``steps`` steps of the free relaxation map from zeros, with the graph kept
+    (the step is h·drive with h = ``damping``, τ-free like ``fixed_point``)."""
+    if steps < 1:
+        raise ValueError(f"BPTT needs at least one step, got {steps}")
+    bound = field.bind(x)
+    energy = field.energy
+    p = next(iter(energy.parameters()))
+    s = energy.init_states(x.shape[0], dtype=p.dtype, device=x.device)
+    for _ in range(steps):
+        d = bound.drive(s)
+        s = energy.clamp(tuple(a + damping * b for a, b in zip(s, d, strict=True)))
+    return s
