@@ -161,8 +161,7 @@ class ConvCoupling(Coupling):
         return nnf.conv_transpose2d(g, self._w(g), stride=self.stride, padding=self.padding,
                                     output_padding=self._output_padding)
 
-    # pooling and its adjoint (non-overlapping windows; avg by reshape, which also works for
-    # complex states)
+    # pooling and its adjoint (non-overlapping windows)
     def _crop(self, z: Tensor) -> Tensor:
         p = self.pool_size
         _, ho, wo = self.out_shape
@@ -189,8 +188,14 @@ class ConvCoupling(Coupling):
             _check_real(z, "max pooling")
             return nnf.max_pool2d(z, self.pool_size)
         if self.pool == "avg":
-            return self._windows(z).mean(dim=-1)
+            return self._avg(z)
         return z
+
+    def _avg(self, z: Tensor) -> Tensor:
+        """p×p average pooling (``avg_pool2d``; by reshaping for complex states)."""
+        if z.is_complex():
+            return self._windows(z).mean(dim=-1)
+        return nnf.avg_pool2d(z, self.pool_size)
 
     def apply_and_adjoint(self, r_src: Tensor, r_dst: Tensor,
                           adjoint: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -203,7 +208,7 @@ class ConvCoupling(Coupling):
             up = nnf.max_unpool2d(r_dst, idx, self.pool_size, output_size=self._conv_hw)
             return out, self.conv_adjoint(up)
         if self.pool == "avg":
-            out = self._windows(z).mean(dim=-1)
+            out = self._avg(z)
             return out, (self.conv_adjoint(self._unpool_avg(r_dst)) if adjoint else None)
         return z, (self.conv_adjoint(r_dst) if adjoint else None)
 

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation
-from .conv import layer_activations
+from .conv import _clip_codes, _margin, layer_activations
 from .layered import LayeredEnergy
 
 BRANCH_ACTIVATIONS = ("relu", "softplus")
@@ -229,8 +229,6 @@ class DendriticHopfield(LayeredEnergy):
     def active_set(self, x: Tensor, states: States) -> Tensor:
         """Per-sample codes of everything that switches: the ReLU branch gates (z > 0) and the
         clip region (below / inside / above) of clipped somas; shape ``(B, m)``."""
-        from .conv import _clip_codes
-
         r = self._activities(tuple(states))
         with torch.no_grad():
             codes = [_clip_codes(self, x, r)]
@@ -243,8 +241,6 @@ class DendriticHopfield(LayeredEnergy):
     def active_set_margin(self, x: Tensor, states: States) -> Tensor:
         """Per-sample distance to the nearest switch: min |z| over ReLU branches and, for clipped
         somas, the distance of u to the clip bounds; shape ``(B,)``."""
-        from .conv import _margin
-
         with torch.no_grad():
             m = _margin(self, x, states, ())
             if self.branch_activation == "relu":
