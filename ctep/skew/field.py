@@ -85,7 +85,11 @@ class SkewEnergy(Energy):
 
 
 class SignedEnergy(SkewEnergy):
-    """Any :class:`~ctep.energies.base.Energy` H with a per-layer signature (a wrapper)."""
+    """Any :class:`~ctep.energies.base.Energy` H with a per-layer signature (a wrapper).
+
+    The drive is −σ ⊙ ∂H/∂s from the wrapped energy's :meth:`grad_states`; a drive of its own
+    (e.g. the primitive form σ(∂Φ/∂s) − s of the layered energies) is not used.
+    """
 
     def __init__(self, energy: Energy, signs: Sequence[float | Tensor]) -> None:
         super().__init__()
@@ -257,12 +261,13 @@ class SkewGradientField(VectorField):
         """
         if isinstance(eq, Equilibrium):
             states, status, residual = eq.states, eq.status, eq.residual
+            self.energy.check_states(states)
         else:
             states = tuple(eq)
+            self.energy.check_states(states)
             with torch.no_grad():
                 residual = self.bind(x, y, beta).residual(states).to(torch.float64)
             status = torch.zeros_like(residual, dtype=torch.int8)
-        self.energy.check_states(states)
         batch = states[0].shape[0]
         n = flatten_states(states).shape[1]
         finite = torch.isfinite(flatten_states(states)).all(dim=1)
