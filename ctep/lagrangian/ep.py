@@ -159,8 +159,7 @@ def implicit_action_gradient(action: DiscreteAction, x: Tensor | None, y: Tensor
             g = action.stationarity(q, x, None, 0.0, e, create_graph=True).reshape(b, -1)
 
             def matvec(v: Tensor) -> Tensor:
-                out, = torch.autograd.grad(g, q, grad_outputs=v.reshape(Q.shape),
-                                           retain_graph=True)
+                out, = torch.autograd.grad(g, q, grad_outputs=v, retain_graph=True)
                 return out.reshape(b, -1)
 
             res = minres(matvec, rhs, tol=tol, max_iter=max_iter)
