@@ -127,6 +127,24 @@ def test_max_pool_primitive_is_piecewise_bilinear():
     assert not torch.equal(active_set(e, x, states), active_set(e, x, moved))
 
 
+@pytest.mark.parametrize("name", ["conv", "hopfield-resnet", "dendritic"])
+def test_input_term_memo_follows_input_and_weights(name):
+    """The input couplings are memoised outside autograd; an in-place change of the weight or
+    the input, or a new input object, recomputes them."""
+    e, shape = small_instance(name, 0)
+    x, _ = _inputs(shape, 2, 3)
+    r = e.init_states(2, dtype=F64)
+    with torch.no_grad():
+        first = e.phi_grad(x, r)
+        assert max_diff(e.phi_grad(x, r), first) == 0
+        x.mul_(0.5)
+        assert max_diff(e.phi_grad(x, r), e.phi_grad_autograd(x, r)) < 1e-13
+        next(e.parameters()).mul_(2.0)
+        assert max_diff(e.phi_grad(x, r), e.phi_grad_autograd(x, r)) < 1e-13
+        y = x.clone() + 0.1
+        assert max_diff(e.phi_grad(y, r), e.phi_grad_autograd(y, r)) < 1e-13
+
+
 # --- EP vs the implicit reference -----------------------------------------------------------------
 def _ep_vs_implicit(energy, shape, seed: int, form: str, beta: float = 1e-3):
     x, y = _inputs(shape, 2, seed + 50, energy.state_shapes[-1][0])

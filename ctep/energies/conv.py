@@ -263,6 +263,20 @@ class DenseCoupling(Coupling):
         return f"{self.src}->{self.dst}, {self.in_shape}->{self.out_shape}"
 
 
+def memoised(memo: dict, key, tensors: tuple[Tensor, ...], compute):
+    """``compute()``, reused while ``tensors`` are the same objects with the same storage, dtype
+    and device, unmodified in place (version counters): the input and the weights a constant
+    input term depends on."""
+    versions = tuple((t._version, t.dtype, t.device, t.data_ptr()) for t in tensors)
+    hit = memo.get(key)
+    if (hit is not None and len(hit[0]) == len(tensors)
+            and all(a is b for a, b in zip(hit[0], tensors, strict=True)) and hit[1] == versions):
+        return hit[2]
+    out = compute()
+    memo[key] = (tensors, versions, out)
+    return out
+
+
 def _check_real(z: Tensor, what: str) -> None:
     if z.is_complex():
         raise ValueError(f"{what} is not holomorphic: complex states (holomorphic EP) need "
@@ -340,12 +354,26 @@ class CouplingEnergy(LayeredEnergy):
         def add(i: int, g: Tensor) -> None:
             grads[i] = g if grads[i] is None else grads[i] + g
 
-        for c in self.couplings:
-            fwd, adj = c.apply_and_adjoint(layers[c.src], layers[c.dst], adjoint=c.src > 0)
+        for k, c in enumerate(self.couplings):
+            if c.src == 0:
+                add(c.dst - 1, self._input_term(k, c, x))
+                continue
+            fwd, adj = c.apply_and_adjoint(layers[c.src], layers[c.dst])
             add(c.dst - 1, fwd)
-            if adj is not None:
-                add(c.src - 1, adj)
+            add(c.src - 1, adj)
         return tuple(g + self._bias(i, g) for i, g in enumerate(grads))
+
+    def _input_term(self, k: int, c: Coupling, x: Tensor) -> Tensor:
+        """A_c(x) for a coupling from the input: constant during a relaxation.
+
+        Outside autograd it is memoised (:func:`memoised`), so a relaxation costs one input
+        convolution instead of one per step. Under autograd it is always recomputed, so
+        gradients reach the weight.
+        """
+        if torch.is_grad_enabled() or x.is_complex():
+            return c.apply(x)
+        memo = self.__dict__.setdefault("_input_memo", {})
+        return memoised(memo, k, (x, c.weight), lambda: c.apply(x))
 
     def active_set_margin(self, x: Tensor, states: States) -> Tensor:
         """Per-sample distance to the nearest switch of the active set, shape ``(B,)``: the

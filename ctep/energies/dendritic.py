@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation
-from .conv import _clip_codes, _margin, layer_activations
+from .conv import _clip_codes, _margin, layer_activations, memoised
 from .layered import LayeredEnergy
 
 BRANCH_ACTIVATIONS = ("relu", "softplus")
@@ -194,14 +194,30 @@ class DendriticHopfield(LayeredEnergy):
         below = (x, *r[:-1])
         out: list[Tensor] = []
         for i, lo in enumerate(below):
+            if i == 0:
+                out.append(self._input_basal(x))
+                continue
             z = self.branch_preactivations(i, lo)
             out.append(self._f(z).mean(dim=1))
-            if i > 0:  # the apical input of layer i (state index i − 1)
-                gate = self._df(z) * r[i].unsqueeze(1)
-                w = self.effective_weight(i).to(lo.dtype)
-                out[i - 1] = out[i - 1] + self.apical_scale * torch.einsum(
-                    "bko,kon->bn", gate, w) / self.branches
+            # the apical input of layer i (state index i − 1)
+            gate = self._df(z) * r[i].unsqueeze(1)
+            w = self.effective_weight(i).to(lo.dtype)
+            out[i - 1] = out[i - 1] + self.apical_scale * torch.einsum(
+                "bko,kon->bn", gate, w) / self.branches
         return tuple(out)
+
+    def _input_basal(self, x: Tensor) -> Tensor:
+        """g_0(x), the input's basal drive of layer 1: constant during a relaxation.
+
+        Outside autograd it is memoised (:func:`~ctep.energies.conv.memoised`: the same ``x``,
+        W_0, branch biases and mask objects, unmodified in place). Under autograd it is always
+        recomputed.
+        """
+        if torch.is_grad_enabled() or x.is_complex():
+            return self.basal(0, x)
+        memo = self.__dict__.setdefault("_input_memo", {})
+        return memoised(memo, 0, (x, self.weights[0], self.branch_biases[0], self.mask(0)),
+                        lambda: self.basal(0, x))
 
     def phi_grad_autograd(self, x: Tensor, r: States) -> States:
         """u_l = λ_l⁻¹ ∂Φ̃/∂r_l by autograd (for checking the closed form)."""
