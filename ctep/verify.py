@@ -3,20 +3,23 @@
 :func:`random_problem` builds a small network whose couplings are rescaled to a spectral norm
 below one (so the equilibrium is unique and stable and every reference is well defined), with
 time constants from a chosen distribution; :func:`run_verification` relaxes it and returns one
-record per (estimator, reference, β).
+record per (estimator, reference, β) and, optionally, the step-by-step GDU curves
+(:func:`ctep.reference.gdu_check`) of the nudged phase.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
+from . import estimators as _estimators
 from .dynamics import VectorField
 from .energies import DenseHopfield
 from .estimators import get_estimator
-from .reference import compare, get_reference
+from .reference import compare, gdu_check, get_reference
 from .solve import RelaxConfig, relax
 from .timeconstants import TimeConstants
 
@@ -47,6 +50,12 @@ class VerifyConfig:
     estimators: tuple[str, ...] = ("one-sided", "centered")
     references: tuple[str, ...] = ("implicit",)
     points: int = 4
+    temperature: float | None = None
+    gdu: bool = False
+    gdu_steps: int = 30
+    gdu_beta: float = 1e-5
+    gdu_dt: float | None = None
+    gdu_centered: bool = False
 
     def relax_config(self) -> RelaxConfig:
         # the classical form's flow has a unit leak plus ρ' terms: a damped map is safer
@@ -86,8 +95,12 @@ def random_problem(cfg: VerifyConfig) -> tuple[VectorField, Tensor, Tensor]:
 def run_verification(cfg: VerifyConfig) -> dict:
     """Relax, compute each reference once and each estimator at each β; compare.
 
-    Returns ``{"results": [records], "equilibrium": {...}, "config": {...}}`` where each record
-    has ``estimator, reference, beta, rel_error, cosine, sign_agreement, max_abs_error``.
+    Returns ``{"results": [records], "parameters": [...], "equilibrium": {...}, "config":
+    {...}}`` where each record has ``estimator, reference, beta, rel_error, cosine,
+    sign_agreement, max_abs_error, per_parameter``; with ``cfg.gdu`` also ``"gdu"``
+    (:meth:`ctep.reference.gdu.GDUResult.to_dict` plus ``max_rel_rmse`` per layer over the
+    resolved steps), computed with the relaxation's map (h = its damping) or, with
+    ``cfg.gdu_dt``, explicit Euler h = dt/τ.
     """
     field_, x, y = random_problem(cfg)
     rc = cfg.relax_config()
@@ -97,8 +110,7 @@ def run_verification(cfg: VerifyConfig) -> dict:
     results = []
     for est_name in cfg.estimators:
         for beta in cfg.betas:
-            kwargs = {"points": cfg.points} if est_name == "holomorphic" else {}
-            est = get_estimator(est_name, beta, relax=rc, **kwargs)
+            est = get_estimator(est_name, beta, relax=rc, **estimator_options(est_name, cfg))
             out = est(field_, x, y, free=free)
             for eq in out.nudged:
                 eq.check(allow_max_steps=False)
@@ -110,20 +122,46 @@ def run_verification(cfg: VerifyConfig) -> dict:
                                 "per_parameter": per_param})
     summary = free.summary()
     names = [n for n, _ in field_.named_parameters() if not n.startswith("tau.")]
-    return {"results": results, "parameters": names,
-            "equilibrium": {"nfe_mean": summary["nfe_mean"],
-                            "residual_max": summary["residual_max"],
-                            "tau": field_.tau.stats()},
-            "config": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in asdict(cfg).items()}}
+    report = {"results": results, "parameters": names,
+              "equilibrium": {"nfe_mean": summary["nfe_mean"],
+                              "residual_max": summary["residual_max"],
+                              "tau": field_.tau.stats()},
+              "config": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in asdict(cfg).items()}}
+    if cfg.gdu:
+        gdu = gdu_check(field_, x, y, free.states, beta=cfg.gdu_beta, steps=cfg.gdu_steps,
+                        damping=rc.damping, dt=cfg.gdu_dt, centered=cfg.gdu_centered)
+        report["gdu"] = {**gdu.to_dict(), "max_rel_rmse": {
+            k: (None if math.isnan(v) else v) for k, v in gdu.max_rel_rmse().items()}}
+    return report
+
+
+def _canonical(name: str) -> str:
+    """The registry key of an estimator name (aliases resolved as get_estimator does)."""
+    key = str(name).lower().replace("_", "-")
+    aliases = getattr(_estimators, "ALIASES", {})
+    return aliases.get(key.replace("-", ""), aliases.get(key, key))
+
+
+def estimator_options(name: str, cfg: VerifyConfig) -> dict:
+    """The options ``ctep verify`` passes to estimator ``name``: ``points`` to holomorphic and
+    finite-nudge EP, ``temperature`` (when set) to Langevin EP; nothing to the others."""
+    key = _canonical(name)
+    if key in ("holomorphic", "finite-nudge"):
+        return {"points": cfg.points}
+    if key == "langevin" and cfg.temperature is not None:
+        return {"temperature": cfg.temperature}
+    return {}
 
 
 METRICS = ("rel_error", "cosine", "sign_agreement", "max_abs_error")
 
 
 def report_dataset(report: dict):
-    """The report as an ``xarray.Dataset``: the metrics over (estimator, reference, beta) and
-    the relative error per parameter over (estimator, reference, beta, parameter)."""
+    """The report as an ``xarray.Dataset``: the metrics over (estimator, reference, beta), the
+    relative error per parameter over (estimator, reference, beta, parameter) and, when the
+    report has GDU curves, ``gdu_rel_rmse``, ``gdu_sign_agreement`` and ``gdu_resolved`` over
+    (layer, step), with ``gdu_kind`` ("neurons" / "parameters") along layer."""
     import numpy as np
     import xarray as xr
 
@@ -145,6 +183,20 @@ def report_dataset(report: dict):
                     coords={"estimator": ests, "reference": refs, "beta": betas,
                             "parameter": params})
     ds["rel_error_per_parameter"] = ((*dims, "parameter"), per)
+    gdu = report.get("gdu")
+    if gdu:
+        def grid(rows):
+            return np.array([[np.nan if v is None else v for v in row] for row in rows],
+                            dtype=float)
+
+        ds = ds.assign_coords(layer=list(gdu["layers"]), step=np.arange(gdu["steps"]),
+                              gdu_kind=("layer", list(gdu["kinds"])))
+        ds["gdu_rel_rmse"] = (("layer", "step"), grid(gdu["rel_rmse"]))
+        ds["gdu_sign_agreement"] = (("layer", "step"), grid(gdu["sign_agreement"]))
+        ds["gdu_resolved"] = (("layer", "step"), np.array(gdu["resolved"], dtype=np.int8))
+        ds.attrs["gdu_beta"] = gdu["beta"]
+        ds.attrs["gdu_step"] = str(gdu["step"])
+        ds.attrs["gdu_centered"] = int(bool(gdu["centered"]))
     for key, value in report["config"].items():
         ds.attrs[f"config_{key}"] = str(value)
     ds.attrs["free_residual_max"] = report["equilibrium"]["residual_max"]
@@ -152,14 +204,20 @@ def report_dataset(report: dict):
 
 
 def plot_error_vs_beta(ds, reference: str | None = None):
-    """Log-log relative error against β, one line per estimator; returns the figure."""
+    """Log-log relative error against β, one line per estimator, and, when the Dataset has GDU
+    curves, a second panel with them (:func:`plot_gdu`); returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     ref = reference or str(ds.reference.values[0])
-    fig, ax = plt.subplots(figsize=(5, 4))
+    has_gdu = "gdu_rel_rmse" in ds
+    fig, axes = plt.subplots(1, 2 if has_gdu else 1, figsize=(10 if has_gdu else 5, 4),
+                             squeeze=False)
+    ax = axes[0, 0]
+    if has_gdu:
+        plot_gdu(ds, axes[0, 1])
     for est in ds.estimator.values:
         err = ds.rel_error.sel(estimator=est, reference=ref)
         ax.loglog(ds.beta.values, err.values, "o-", label=str(est))
@@ -171,8 +229,28 @@ def plot_error_vs_beta(ds, reference: str | None = None):
     return fig
 
 
+def plot_gdu(ds, ax) -> None:
+    """GDU relative RMSE per layer against the step, on a log scale (resolved steps only: the
+    others measure round-off); neurons solid, parameters dashed."""
+    import numpy as np
+
+    rmse = np.where(ds.gdu_resolved.values.astype(bool), ds.gdu_rel_rmse.values, np.nan)
+    for i, (layer, kind) in enumerate(zip(ds.layer.values, ds.gdu_kind.values, strict=True)):
+        row = rmse[i]
+        if np.isfinite(row).any():
+            ax.semilogy(ds.step.values, row, "-" if kind == "neurons" else "--", marker=".",
+                        label=str(layer))
+    ax.set_xlabel("step t of the nudged phase")
+    ax.set_ylabel("GDU relative RMSE, EP vs BPTT")
+    ax.set_title(f"β = {ds.attrs.get('gdu_beta', float('nan')):g}, h = "
+                 f"{ds.attrs.get('gdu_step', '?')}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def write_report(report: dict, out_dir) -> dict[str, str]:
-    """Write ``verify.nc`` (netCDF) and ``error_vs_beta.png`` into ``out_dir``; return paths."""
+    """Write ``verify.nc`` (netCDF) and ``error_vs_beta.png`` (with a GDU panel when the report
+    has GDU curves) into ``out_dir``; return the paths."""
     from pathlib import Path
 
     out = Path(out_dir)

@@ -53,10 +53,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: " + ", ".join(ESTIMATORS))
     p.add_argument("--points", type=int, default=d.points,
                    help="points on the circle for holomorphic EP (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help="temperature T of the langevin estimator (default: its own)")
     p.add_argument("--references", type=_names, default=d.references,
                    help="comma-separated: " + ", ".join(REFERENCES))
+    p.add_argument("--gdu", action="store_true", help="also run the step-by-step GDU check "
+                   "(EP updates of the nudged phase vs BPTT gradients, per layer and step)")
+    p.add_argument("--gdu-steps", type=int, default=d.gdu_steps,
+                   help="K, nudged steps of the GDU check (default %(default)s)")
+    p.add_argument("--gdu-beta", type=float, default=d.gdu_beta,
+                   help="β of the GDU check (default %(default)g)")
+    p.add_argument("--gdu-dt", type=float, default=None, help="GDU map: explicit Euler with "
+                   "h = dt/τ (default: the relaxation's map, h = its damping)")
+    p.add_argument("--gdu-centered", action="store_true",
+                   help="GDU with ±β phases (error O(β²) instead of O(β))")
     p.add_argument("--out", default=None, help="folder for verify.nc (xarray/netCDF) and "
-                   "error_vs_beta.png")
+                   "error_vs_beta.png (with a GDU panel under --gdu)")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -69,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
                        max_steps=args.max_steps, polish=args.polish, dtype=args.dtype,
                        seed=args.seed, batch=args.batch, weight_norm=args.weight_norm,
                        betas=args.betas, estimators=args.estimators, references=args.references,
-                       points=args.points)
+                       points=args.points, temperature=args.temperature, gdu=args.gdu,
+                       gdu_steps=args.gdu_steps, gdu_beta=args.gdu_beta, gdu_dt=args.gdu_dt,
+                       gdu_centered=args.gdu_centered)
     report = run_verification(cfg)
     written = write_report(report, args.out) if args.out else {}
     if args.json:
@@ -89,6 +103,18 @@ def run(args: argparse.Namespace) -> int:
     for r in report["results"]:
         print(f"{r['estimator']:<14}{r['reference']:<11}{r['beta']:>9.1e}{r['rel_error']:>12.3e}"
               f"{r['cosine']:>14.10f}{r['sign_agreement']:>12.3f}")
+    gdu = report.get("gdu")
+    if gdu:
+        print()
+        print(f"GDU check: β {gdu['beta']:g}{' (centered)' if gdu['centered'] else ''}, "
+              f"{gdu['steps']} steps, h = {gdu['step']}; relative RMSE of EP updates vs BPTT "
+              "over the resolved steps")
+        print(f"{'layer':<14}{'kind':<12}{'max_rel_rmse':>14}{'resolved':>10}")
+        for i, name in enumerate(gdu["layers"]):
+            worst = gdu["max_rel_rmse"][name]
+            n_ok = sum(gdu["resolved"][i])
+            text = "n/a" if worst is None else f"{worst:.3e}"
+            print(f"{name:<14}{gdu['kinds'][i]:<12}{text:>14}{n_ok:>6}/{gdu['steps']}")
     for kind, path in written.items():
         print(f"wrote {kind}: {path}")
     return 0

@@ -2,7 +2,14 @@
 
 Every reference has the signature ``ref(field, x, y, free, relax_config) -> grads`` (a tuple
 aligned with ``field.learnable_parameters()``) and is registered in :data:`REFERENCES` under its
-name, so ``ctep verify --references`` can take it.
+name, so ``ctep verify --references`` can take it:
+
+* ``implicit``: implicit differentiation at the free equilibrium (the gold reference);
+* ``bptt``: backpropagation through 500 steps of the relaxation's map from the equilibrium;
+* ``adjoint``: torchdiffeq ``odeint_adjoint`` of ℓ(s(T)) from the equilibrium over a horizon
+  set by the slowest relaxation rate, in windows set by the fastest (smooth fields only).
+
+:func:`gdu_check` is the step-by-step comparison of EP updates with BPTT (Ernoult et al. 2019).
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from torch import Tensor
 
 from ..dynamics import VectorField
 from ..solve import Equilibrium, RelaxConfig
+from .adjoint import adjoint_gradient, relaxation_rates
 from .bptt import bptt_gradient
+from .gdu import GDUResult, gdu_check
 from .implicit import implicit_gradient
 from .metrics import compare
 
@@ -33,7 +42,14 @@ def _bptt(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
     return bptt_gradient(field, x, y, free.states, steps=500, damping=relax_config.damping)
 
 
-REFERENCES: dict[str, ReferenceFn] = {"implicit": _implicit, "bptt": _bptt}
+def _adjoint(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
+             relax_config: RelaxConfig) -> tuple[Tensor, ...]:
+    """``odeint_adjoint`` (dopri5, rtol 1e-9, atol 1e-11) from the free equilibrium over
+    T = 20/λ_min, in windows of 8/λ_max (see :mod:`ctep.reference.adjoint`)."""
+    return adjoint_gradient(field, x, y, free.states)
+
+
+REFERENCES: dict[str, ReferenceFn] = {"implicit": _implicit, "bptt": _bptt, "adjoint": _adjoint}
 
 
 def get_reference(name: str) -> ReferenceFn:
@@ -43,5 +59,5 @@ def get_reference(name: str) -> ReferenceFn:
     return REFERENCES[name]
 
 
-__all__ = ["REFERENCES", "ReferenceFn", "bptt_gradient", "compare", "get_reference",
-           "implicit_gradient"]
+__all__ = ["REFERENCES", "GDUResult", "ReferenceFn", "adjoint_gradient", "bptt_gradient",
+           "compare", "gdu_check", "get_reference", "implicit_gradient", "relaxation_rates"]
