@@ -311,3 +311,23 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(ddp["model"][k], v, rtol=1e-10, atol=1e-12)
     assert ddp["history"][0]["test_acc"] == pytest.approx(single.history[0]["test_acc"])
     assert ddp["history"][0]["loss"] == pytest.approx(single.history[0]["loss"], rel=1e-10)
+
+
+def test_registry_models_train_through_the_config(tmp_path):
+    """Other kinds come from ctep.models: the dendritic net learns; options round-trip."""
+    cfg = synthetic('model.kind="dendritic"', 'model.activation="hard_sigmoid"',
+                    "model.init_scale=1.0", "model.options={branches=8, sparsity=0.5}")
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert load_config(path) == cfg
+    history = Trainer(cfg).run()
+    assert history[-1]["test_acc"] >= 0.95
+    with pytest.raises(ValueError, match="no option"):
+        Trainer(synthetic('model.kind="dendritic"', "model.options={wings=2}"))
+    with pytest.raises(ValueError, match="may not set"):
+        Trainer(synthetic("model.options={sizes=[3, 4]}"))
+    with pytest.raises(ValueError, match="unknown model"):
+        Trainer(synthetic('model.kind="transformer"'))
+    with pytest.raises(ValueError, match="dense model"):
+        Trainer(synthetic('model.kind="dendritic"', 'train.mode="bp"',
+                          'model.activation="hard_sigmoid"')).run()

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .. import data as ctep_data
+from ..models import model_options
 from .config import DataConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -60,7 +61,7 @@ def load_train_data(cfg: DataConfig, model: ModelConfig) -> TrainData:
     dtype = DTYPES[model.dtype]
     if dtype == torch.bfloat16:
         dtype = torch.float32  # inputs are cast when the model runs in bf16
-    flatten = model.kind == "dense" or model.kind == "dendritic"
+    flatten = "sizes" in model_options(model.kind)
     if cfg.name == "synthetic":
         n_train, n_test = cfg.synthetic_train, cfg.synthetic_test
         full = ctep_data.synthetic_classification(n_train + n_test, cfg.synthetic_features,

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ..dynamics import VectorField
-from ..energies import DenseHopfield
 from ..estimators import Estimator, get_estimator
 from ..losses import CrossEntropy, SquaredError
+from ..models import build_model, model_options
 from ..solve import RelaxConfig
 from ..timeconstants import TimeConstants, sample_tau
 from .batches import DTYPES
@@ -21,25 +21,38 @@ from .config import TrainConfig
 def build_field(cfg: TrainConfig, input_shape: tuple[int, ...], n_classes: int) -> VectorField:
     """The network (energy + cost + τ) for inputs of ``input_shape`` and ``n_classes`` classes.
 
-    Dense: widths ``(prod(input_shape), *hidden, n_classes)``; with a cross-entropy read-out
-    the last hidden layer is the last state layer and the classes are read out of it.
+    Width-based kinds get ``sizes = (prod(input_shape), *hidden, n_classes)``; with a
+    cross-entropy read-out the last hidden layer is the last state layer and the classes are
+    read out of it. Convolutional kinds get ``input_shape`` and ``n_out``.
     """
     m, c = cfg.model, cfg.cost
     dtype = DTYPES[m.dtype]
     readout = c.readout
     if readout and c.name not in ("cross_entropy", "ce"):
         raise ValueError("cost.readout needs cost.name = \"cross_entropy\"")
-    if m.kind != "dense":
-        raise ValueError(f"unknown model.kind {m.kind!r}; known: dense")
-    if len(input_shape) != 1:
-        raise ValueError(f"a dense model needs flat inputs, got shape {input_shape}")
-    if readout and not m.hidden:
-        raise ValueError("a read-out needs at least one hidden layer")
-    sizes = [input_shape[0], *m.hidden] + ([] if readout else [n_classes])
-    energy = DenseHopfield(sizes, m.activation, form=m.form, alpha=m.alpha or None,
-                           seed=m.seed, init_scale=m.init_scale, dtype=dtype)
+    options = model_options(m.kind)
+    n_out = m.hidden[-1] if readout and m.hidden else n_classes
+    if "sizes" in options:
+        if len(input_shape) != 1:
+            raise ValueError(f"model {m.kind!r} needs flat inputs, got shape {input_shape}")
+        if readout and not m.hidden:
+            raise ValueError("a read-out needs at least one hidden layer")
+        sizes = [input_shape[0], *m.hidden] + ([] if readout else [n_classes])
+        kwargs = {"sizes": sizes, "activation": m.activation, "form": m.form,
+                  "alpha": m.alpha or None, "init_scale": m.init_scale}
+    else:
+        if readout:
+            raise ValueError(f"cost.readout is for width-based models, not {m.kind!r}")
+        kwargs = {"input_shape": tuple(input_shape), "n_out": n_classes, "form": m.form}
+    kwargs.update(seed=m.seed, dtype=dtype)
+    clash = sorted(set(kwargs) & set(m.options) - {"activation", "init_scale", "alpha"})
+    if clash:
+        raise ValueError(f"model.options may not set {clash}: they come from the data and the "
+                         "other [model] keys")
+    kwargs.update(m.options)
+    energy = build_model(m.kind, **kwargs)
     if c.name in ("cross_entropy", "ce"):
-        cost = CrossEntropy((sizes[-1], n_classes) if readout else None, seed=m.seed + 1,
+        cost = CrossEntropy((n_out, n_classes) if readout else None, seed=m.seed + 1,
                             dtype=dtype)
     elif c.name in ("squared_error", "mse"):
         cost = SquaredError()

@@ -5,7 +5,8 @@ errors (a typo must not silently fall back to a default)::
 
     [data]      name, root, train_subset, test_subset, val_fraction, batch_size,
                 test_batch_size, normalize, augment, seed
-    [model]     kind, hidden, activation, form, alpha, init_scale, dtype, device, seed
+    [model]     kind, hidden, activation, form, alpha, init_scale, dtype, device, seed,
+                options
     [cost]      name, readout
     [tau]       distribution, mean, spread, seed, per_layer
     [relax]     method, free_steps, nudged_steps, tol, check_every, damping, dt, eval_steps
@@ -58,8 +59,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The network: ``kind`` (``dense`` or a name in :mod:`ctep.models` when present) with
-    ``hidden`` widths between the input and the classes."""
+    """The network: ``kind`` is a name in :data:`ctep.models.MODELS`.
+
+    Kinds built from layer widths (``dense``, ``dendritic``, ...) get ``sizes = (input,
+    *hidden, classes)`` and the keys below; convolutional kinds (``conv``, ``vgg5``,
+    ``hopfield-resnet``, ...) get the input shape, the number of classes, ``form``, ``seed``
+    and ``dtype``, and take everything else (``channels``, ``activation``, ...) from
+    ``options``, an inline table passed to the builder as keyword arguments.
+    """
 
     kind: str = "dense"
     hidden: list[int] = field(default_factory=lambda: [256])
@@ -70,6 +77,7 @@ class ModelConfig:
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -322,6 +330,10 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{where} must be a string, got {value!r}")
         return value
+    if isinstance(default, dict):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where} must be a table, got {value!r}")
+        return dict(value)
     if isinstance(default, list):
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {value!r}")
@@ -336,6 +348,8 @@ def _toml_value(v: Any) -> str:
         return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
