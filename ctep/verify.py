@@ -24,12 +24,25 @@ from .solve import RelaxConfig, relax
 from .timeconstants import TimeConstants
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: energies built by :func:`ctep.models.small_instance` and run through the common pipeline
+ENERGY_MODELS = ("dense", "conv", "hopfield-resnet", "dendritic")
+#: variants with their own gradient check (:mod:`ctep.skew`, :mod:`ctep.lagrangian`)
+OWN_CHECK_MODELS = ("fitzhugh-nagumo", "oscillator-chain")
+MODELS = ENERGY_MODELS + OWN_CHECK_MODELS
 
 
 @dataclass
 class VerifyConfig:
-    """What :func:`run_verification` checks (the CLI's options)."""
+    """What :func:`run_verification` checks (the CLI's options).
 
+    ``model`` is ``dense`` (the network given by ``sizes``, ``activation``, ``form``, ...),
+    ``conv``, ``hopfield-resnet`` or ``dendritic`` (the tiny random instances of
+    :func:`ctep.models.small_instance`, with ``form`` and the τ options applied), or
+    ``fitzhugh-nagumo`` / ``oscillator-chain`` (skew-gradient and Lagrangian EP, each with its
+    own small instance, relaxation and the implicit reference only).
+    """
+
+    model: str = "dense"
     sizes: tuple[int, ...] = (8, 12, 10, 4)
     activation: str = "tanh"
     alpha: float | None = None
@@ -76,6 +89,8 @@ def random_problem(cfg: VerifyConfig) -> tuple[VectorField, Tensor, Tensor]:
     if cfg.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; known: {', '.join(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
+    if cfg.model != "dense":
+        return _registry_problem(cfg, dtype)
     energy = DenseHopfield(cfg.sizes, cfg.activation, form=cfg.form, alpha=cfg.alpha,
                            seed=cfg.seed, dtype=dtype)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -92,6 +107,43 @@ def random_problem(cfg: VerifyConfig) -> tuple[VectorField, Tensor, Tensor]:
     return field_, x, y
 
 
+def _registry_problem(cfg: VerifyConfig, dtype: torch.dtype
+                      ) -> tuple[VectorField, Tensor, Tensor]:
+    """A :func:`ctep.models.small_instance` of ``cfg.model`` with inputs in [0, 1), class
+    targets and τ from the config, all from ``cfg.seed``."""
+    from .models import small_instance
+
+    if cfg.model not in ENERGY_MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; known: {', '.join(MODELS)}")
+    energy, in_shape = small_instance(cfg.model, seed=cfg.seed, dtype=dtype, form=cfg.form)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    tau = TimeConstants.sample(energy.state_shapes, cfg.tau, cfg.tau_mean, cfg.tau_spread,
+                               seed=cfg.seed + 2, dtype=dtype)
+    x = torch.rand(cfg.batch, *in_shape, generator=gen, dtype=torch.float64).to(dtype)
+    n_out = energy.state_shapes[-1][0]
+    y = torch.randint(0, n_out, (cfg.batch,), generator=gen)
+    return VectorField(energy, cfg.cost, tau), x, y
+
+
+def _own_check(cfg: VerifyConfig) -> dict:
+    """Skew-gradient or Lagrangian EP: their own small instance and gradient check."""
+    if tuple(cfg.references) != ("implicit",):
+        raise ValueError(f"model {cfg.model!r} is checked against the implicit reference only, "
+                         f"got references {list(cfg.references)}")
+    unsupported = [e for e in cfg.estimators if _canonical(e) not in ("one-sided", "centered")]
+    if unsupported:
+        raise ValueError(f"model {cfg.model!r} supports the one-sided and centered estimators, "
+                         f"not {unsupported}")
+    if cfg.gdu:
+        raise ValueError(f"--gdu needs a gradient field; model {cfg.model!r} is not one")
+    if cfg.model == "fitzhugh-nagumo":
+        from .skew import gradient_check
+    else:
+        from .lagrangian import gradient_check
+    return gradient_check(cfg.seed, DTYPES[cfg.dtype], betas=tuple(cfg.betas),
+                          estimators=tuple(cfg.estimators))
+
+
 def run_verification(cfg: VerifyConfig) -> dict:
     """Relax, compute each reference once and each estimator at each β; compare.
 
@@ -102,6 +154,10 @@ def run_verification(cfg: VerifyConfig) -> dict:
     resolved steps), computed with the relaxation's map (h = its damping) or, with
     ``cfg.gdu_dt``, explicit Euler h = dt/τ.
     """
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; known: {', '.join(MODELS)}")
+    if cfg.model in OWN_CHECK_MODELS:
+        return _own_check(cfg)
     field_, x, y = random_problem(cfg)
     rc = cfg.relax_config()
     free = relax(field_.bind(x), config=rc)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .activations import get_activation
 from .estimators import ESTIMATORS
 from .reference import REFERENCES
-from .solve import available_methods
+from .solve import RelaxationError, available_methods
 from .timeconstants import DISTRIBUTIONS
-from .verify import DTYPES, VerifyConfig, run_verification, write_report
+from .verify import DTYPES, MODELS, VerifyConfig, run_verification, write_report
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -27,6 +28,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = VerifyConfig()
+    p.add_argument("--model", default=d.model, choices=MODELS,
+                   help="dense (--sizes, --activation, ...), a small random conv, "
+                        "hopfield-resnet or dendritic instance, or the skew-gradient "
+                        "fitzhugh-nagumo / Lagrangian oscillator-chain check "
+                        "(default %(default)s)")
     p.add_argument("--sizes", type=_ints, default=d.sizes, help="layer widths, input first "
                    f"(default {','.join(map(str, d.sizes))})")
     p.add_argument("--activation", default=d.activation, help="tanh, sigmoid, hard_sigmoid, "
@@ -74,8 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     get_activation(args.activation, args.alpha)  # fail early on an unknown name
-    cfg = VerifyConfig(sizes=args.sizes, activation=args.activation, alpha=args.alpha,
-                       form=args.form,
+    cfg = VerifyConfig(model=args.model, sizes=args.sizes, activation=args.activation,
+                       alpha=args.alpha, form=args.form,
                        cost=args.cost, tau=args.tau, tau_mean=args.tau_mean,
                        tau_spread=args.tau_spread, method=args.method, tol=args.tol,
                        max_steps=args.max_steps, polish=args.polish, dtype=args.dtype,
@@ -84,17 +90,27 @@ def run(args: argparse.Namespace) -> int:
                        points=args.points, temperature=args.temperature, gdu=args.gdu,
                        gdu_steps=args.gdu_steps, gdu_beta=args.gdu_beta, gdu_dt=args.gdu_dt,
                        gdu_centered=args.gdu_centered)
-    report = run_verification(cfg)
+    try:
+        report = run_verification(cfg)
+    except (ValueError, RelaxationError) as exc:
+        print(f"ctep verify: error: {exc}", file=sys.stderr)
+        return 2
     written = write_report(report, args.out) if args.out else {}
     if args.json:
         print(json.dumps(report))
         return 0
     eq = report["equilibrium"]
-    tau = eq["tau"]
-    print(f"network {list(cfg.sizes)} {cfg.activation} ({cfg.form} form), {cfg.dtype}, "
-          f"τ {cfg.tau} (spread {cfg.tau_spread:g}: τmin {tau['min']:.3g}, τmax "
-          f"{tau['max']:.3g}), method {cfg.method}")
-    print(f"free phase: residual {eq['residual_max']:.2e}, mean NFE {eq['nfe_mean']:.0f}")
+    if cfg.model in ("fitzhugh-nagumo", "oscillator-chain"):
+        print(f"model {cfg.model} (seed {cfg.seed}, {cfg.dtype}): " + ", ".join(
+            f"{k} {_short(v)}" for k, v in eq.items() if k != "tau"))
+    else:
+        tau = eq["tau"]
+        net = (f"network {list(cfg.sizes)} {cfg.activation}" if cfg.model == "dense"
+               else f"model {cfg.model} (small random instance)")
+        print(f"{net} ({cfg.form} form), {cfg.dtype}, τ {cfg.tau} (spread "
+              f"{cfg.tau_spread:g}: τmin {tau['min']:.3g}, τmax {tau['max']:.3g}), "
+              f"method {cfg.method}")
+        print(f"free phase: residual {eq['residual_max']:.2e}, mean NFE {eq['nfe_mean']:.0f}")
     print()
     head = f"{'estimator':<14}{'reference':<11}{'beta':>9}{'rel_error':>12}{'cosine':>14}" \
            f"{'sign_agree':>12}"
@@ -118,3 +134,7 @@ def run(args: argparse.Namespace) -> int:
     for kind, path in written.items():
         print(f"wrote {kind}: {path}")
     return 0
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
