@@ -9,16 +9,26 @@ reference gradients (implicit differentiation) verify them.
 
 from .activations import Activation, get_activation
 from .dynamics import BoundField, VectorField
-from .energies import DenseHopfield, Energy, LayeredEnergy
+from .energies import (
+    ConvHopfield,
+    DendriticHopfield,
+    DenseHopfield,
+    Energy,
+    HopfieldResNet,
+    LayeredEnergy,
+)
 from .estimators import (
     CenteredEP,
     Estimate,
     Estimator,
+    FiniteNudgeEP,
     HolomorphicEP,
+    LangevinEP,
     OneSidedEP,
     get_estimator,
 )
 from .losses import CrossEntropy, SquaredError, get_cost
+from .models import MODELS, build_model
 from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
 from .timeconstants import TimeConstants
 
@@ -28,14 +38,20 @@ __all__ = [
     "Activation",
     "BoundField",
     "CenteredEP",
+    "ConvHopfield",
     "CrossEntropy",
+    "DendriticHopfield",
     "DenseHopfield",
     "Energy",
     "Equilibrium",
     "Estimate",
     "Estimator",
+    "FiniteNudgeEP",
     "HolomorphicEP",
+    "HopfieldResNet",
+    "LangevinEP",
     "LayeredEnergy",
+    "MODELS",
     "OneSidedEP",
     "RelaxConfig",
     "RelaxationError",
@@ -43,6 +59,7 @@ __all__ = [
     "Status",
     "TimeConstants",
     "VectorField",
+    "build_model",
     "get_activation",
     "get_cost",
     "get_estimator",

@@ -94,8 +94,10 @@ def build_estimator(cfg: TrainConfig) -> Estimator:
         kwargs.update(random_sign=e.random_sign, seed=e.seed)
     elif name in ("holomorphic", "finite-nudge"):
         kwargs["points"] = e.points
-    elif name == "langevin":
-        kwargs.update(temperature=e.temperature, seed=e.seed)
+    elif name in ("langevin", "stochastic"):
+        kwargs["seed"] = e.seed
+        if e.temperature > 0:
+            kwargs["temperature"] = e.temperature
     return get_estimator(e.name, e.beta, **kwargs)
 
 
