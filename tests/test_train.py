@@ -331,3 +331,15 @@ def test_registry_models_train_through_the_config(tmp_path):
     with pytest.raises(ValueError, match="dense model"):
         Trainer(synthetic('model.kind="dendritic"', 'train.mode="bp"',
                           'model.activation="hard_sigmoid"')).run()
+
+
+@pytest.mark.parametrize("path", sorted(
+    (pathlib.Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),
+    ids=lambda p: p.stem)
+def test_example_configs_load_and_build(path):
+    """Every shipped config parses, validates, and builds its network and optimizer."""
+    cfg = load_config(path, ['data.name="synthetic"', "data.synthetic_features=784",
+                             "data.synthetic_classes=10", "data.synthetic_train=8",
+                             "data.synthetic_test=8", "data.train_subset=0"])
+    trainer = Trainer(cfg)
+    assert len(trainer.optimizer.param_groups) >= 1
