@@ -79,7 +79,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    get_activation(args.activation, args.alpha)  # fail early on an unknown name
     cfg = VerifyConfig(model=args.model, sizes=args.sizes, activation=args.activation,
                        alpha=args.alpha, form=args.form,
                        cost=args.cost, tau=args.tau, tau_mean=args.tau_mean,
@@ -91,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                        gdu_steps=args.gdu_steps, gdu_beta=args.gdu_beta, gdu_dt=args.gdu_dt,
                        gdu_centered=args.gdu_centered)
     try:
+        get_activation(args.activation, args.alpha)  # fail early on an unknown name
         report = run_verification(cfg)
     except (ValueError, RelaxationError) as exc:
         print(f"ctep verify: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._linalg import checked_solve
 from ..reference import compare
 from .action import DiscreteAction, TrackingCost
 from .ep import action_ep, implicit_action_gradient
@@ -132,7 +133,7 @@ def response_gain(action: DiscreteAction, Q: Tensor, x: Tensor | None, y: Tensor
     the nudge β·C moves the trajectory, relative to β; infinite at a resonance."""
     hes = action_hessian(action, Q, x, None, 0.0, ends).double()
     pc = action_hessian(action, Q, x, y, 1.0, ends).double() - hes
-    m = torch.linalg.solve(hes, pc)
+    m = checked_solve(hes, pc)
     return float(torch.linalg.matrix_norm(m, 2).max())
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_solve
 from ..estimators import Estimator, get_estimator
 from .action import DiscreteAction
 from .krylov import minres
@@ -152,7 +152,7 @@ def implicit_action_gradient(action: DiscreteAction, x: Tensor | None, y: Tensor
         hes = batched_jacobian(
             lambda s: (action.stationarity(s[0].reshape(Q.shape), x, None, 0.0, e)
                        .reshape(b, -1),), (Q.reshape(b, -1),))
-        lam = torch.linalg.solve(hes, rhs.unsqueeze(-1)).squeeze(-1)
+        lam = checked_solve(hes, rhs.unsqueeze(-1)).squeeze(-1)
     else:
         with torch.enable_grad():
             q = Q.clone().requires_grad_(True)

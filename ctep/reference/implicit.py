@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_solve
 from .._states import States, flatten_states, unflatten_states
 from ..dynamics import VectorField
 
@@ -47,7 +47,7 @@ def implicit_gradient(field: VectorField, x: Tensor, y: Tensor, states: States, 
     rhs = flatten_states(dl) / batch  # ∂(mean loss)/∂s
     if solver == "dense":
         jac = batched_jacobian(bound.stationarity, states)
-        mu = torch.linalg.solve(jac.transpose(1, 2), rhs.unsqueeze(-1)).squeeze(-1)
+        mu = checked_solve(jac.transpose(1, 2), rhs.unsqueeze(-1)).squeeze(-1)
     else:
         mu = _richardson(bound.stationarity, states, rhs, step, tol, max_iter)
     mu_states = unflatten_states(mu.detach(), field.energy.state_shapes)

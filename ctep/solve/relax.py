@@ -16,7 +16,7 @@ from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS  # the method table of odeint (no public name)
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_solve
 from .._states import (
     States,
     flatten_states,
@@ -309,7 +309,7 @@ def newton_polish(field: BoundField, eq: Equilibrium, steps: int) -> Equilibrium
         jac = batched_jacobian(f.stationarity, s)
         with torch.no_grad():
             g = flatten_states(f.stationarity(s))
-            delta = torch.linalg.solve(jac, g.unsqueeze(-1)).squeeze(-1)
+            delta = checked_solve(jac, g.unsqueeze(-1)).squeeze(-1)
             s = field.energy.clamp(unflatten_states(flatten_states(s) - delta, shapes))
     with torch.no_grad():
         r = f.residual(s)
