@@ -1,6 +1,6 @@
 """Test accuracy of the example configs, EP next to the BP baseline on the same architecture.
 
-    python benchmarks/accuracy.py --data-root ../shared/data                  # MNIST + FMNIST
+    python benchmarks/accuracy.py --data-root ../shared/data       # MNIST + FMNIST 784-512-10
     python benchmarks/accuracy.py --quick                                      # mnist_quick only
     python benchmarks/accuracy.py --configs examples/configs/mnist_784-256-10.toml \
         --epochs 5 --baselines bp,bptt --json
@@ -22,7 +22,7 @@ from ctep.train import Trainer, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = ["examples/configs/mnist_784-512-10_laborieux.toml",
-           "examples/configs/fmnist_784-256-256-10.toml"]
+           "examples/configs/fmnist_784-512-10.toml"]
 
 
 def run_one(config: pathlib.Path, mode: str, args: argparse.Namespace) -> dict:
@@ -53,7 +53,7 @@ def run_one(config: pathlib.Path, mode: str, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="*", default=None, help="config files (default: MNIST "
-                   "784-512-10 and FMNIST 784-256-256-10)")
+                   "784-512-10 and FMNIST 784-512-10)")
     p.add_argument("--quick", action="store_true", help="only examples/configs/mnist_quick.toml")
     p.add_argument("--epochs", type=int, default=0, help="override train.epochs")
     p.add_argument("--train-subset", type=int, default=0, help="override data.train_subset")

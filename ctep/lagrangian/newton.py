@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_solve_ex
 from ..solve import Status
 from .krylov import minres
 
@@ -133,14 +133,8 @@ def _direction(fn: RootMap, z: Tensor, g: Tensor, idx: Tensor, linear_solver: st
     """δ = J⁻¹ g per sample and a mask of the samples whose solve succeeded."""
     if linear_solver == "dense":
         jac = batched_jacobian(lambda s: (fn(s[0], idx),), (z,))
-        # factor first and solve only the non-singular systems: torch ≥ 2.15's solve_ex raises
-        # (instead of reporting info) when a factor has a zero pivot
-        lu, pivots, info = torch.linalg.lu_factor_ex(jac)
-        ok = info == 0
-        delta = torch.zeros_like(g)
-        if bool(ok.any()):
-            delta[ok] = torch.linalg.lu_solve(lu[ok], pivots[ok], g[ok].unsqueeze(-1)).squeeze(-1)
-        ok = ok & torch.isfinite(delta).all(dim=1)
+        delta, ok = checked_solve_ex(jac, g.unsqueeze(-1))  # singular samples: ok = False
+        delta = delta.squeeze(-1)
         return torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta)), ok
     with torch.enable_grad():
         zz = z.detach().requires_grad_(True)
