@@ -197,8 +197,11 @@ def test_existing_run_needs_resume_and_the_same_config(tmp_path):
         Trainer(synthetic("train.epochs=1"), out)
     with pytest.raises(CheckpointError, match=r"\['optimizer'\] differ"):
         Trainer(synthetic("train.epochs=2", "optimizer.lr=0.5"), out, resume=True)
+    with pytest.raises(CheckpointError, match=r"train.mode"):
+        Trainer(synthetic("train.epochs=2", 'train.mode="bp"'), out, resume=True)
     more = Trainer(synthetic("train.epochs=2"), out, resume=True)  # extending is allowed
     assert len(more.run()) == 2
+    assert load_config(out / "config.toml").train.epochs == 2  # the folder's config follows
 
 
 def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
@@ -298,7 +301,10 @@ def test_real_mnist_through_the_cli(tmp_path):
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     """gloo, 2 CPU processes, each on half of every global batch: the same weights as one
     process on the whole batch (up to the order of floating-point sums)."""
-    config = write_config(tmp_path, "train.epochs=1", "data.batch_size=15")
+    # 181 samples: the last global batch holds one sample, so rank 0's shard of it is empty;
+    # a mid-epoch checkpoint exercises the summing of the ranks' partial metrics
+    config = write_config(tmp_path, "train.epochs=1", "data.batch_size=15",
+                          "data.synthetic_train=181", "train.checkpoint_every=5")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "ctep", "train", "--config", str(config), "--out", str(tmp_path / "ddp")]

@@ -59,7 +59,7 @@ def build_field(cfg: TrainConfig, input_shape: tuple[int, ...], n_classes: int) 
     else:
         raise ValueError(f"unknown cost.name {c.name!r}; known: squared_error, cross_entropy")
     tau = build_tau(cfg, energy.state_shapes, dtype)
-    return VectorField(energy, cost, tau).to(m.device)
+    return VectorField(energy, cost, tau)
 
 
 def build_tau(cfg: TrainConfig, shapes, dtype: torch.dtype) -> TimeConstants:

@@ -5,8 +5,9 @@ train_acc (free-phase predictions before each update), val_acc and val_loss (whe
 validation split is held out), test_acc and test_loss (free equilibrium of the evaluation
 relaxation), seconds (training + evaluation of the epoch), nfe (mean vector-field evaluations
 per training sample, all phases), nonconverged (fraction of training samples whose free phase
-ended above the residual tolerance), diverged (fraction left out as diverged), residual (mean
-final free-phase residual). Accuracies are fractions in [0, 1].
+did not end converged, diverged ones included), diverged (fraction left out as diverged),
+residual (mean final free-phase residual). Losses average over the samples used; accuracies
+count diverged samples as wrong and are fractions in [0, 1].
 """
 
 from __future__ import annotations

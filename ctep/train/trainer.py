@@ -12,6 +12,7 @@ estimator's generators are restored.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -36,6 +37,8 @@ from .config import TrainConfig
 from .distributed import DistContext
 from .metrics import write_metrics
 
+#: [train] keys a resumed run may change (the rest must match the checkpoint's config)
+RESUMABLE_TRAIN_KEYS = ("epochs", "checkpoint_every", "progress", "log_every")
 #: sums accumulated over an epoch's training batches (summed over ranks at the end)
 _SUMS = ("count", "loss", "correct", "nfe", "nonconverged", "diverged", "residual",
          "residual_count")
@@ -65,10 +68,17 @@ class Trainer:
         self.out = pathlib.Path(out) if out is not None else None
         self.dist = dist or DistContext.from_env(cfg.model.device)
         self.device = torch.device(cfg.model.device)
+        if self.dist.active and self.device.type == "cuda":  # one GPU per process
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if cfg.data.batch_size < self.dist.world:
+            raise ValueError(f"data.batch_size ({cfg.data.batch_size}) must be at least the "
+                             f"number of processes ({self.dist.world})")
         self.dtype = DTYPES[cfg.model.dtype]
         torch.manual_seed(cfg.train.seed)  # only torchvision augmentation draws from it
         self.data = data or load_train_data(cfg.data, cfg.model)
         self.field = build.build_field(cfg, self.data.input_shape, self.data.n_classes)
+        self.field.to(self.device)
         self.params = tuple(self.field.learnable_parameters())
         self.optimizer = build.build_optimizer(cfg, self.field)
         self.estimator = build.build_estimator(cfg) if cfg.train.mode == "ep" else None
@@ -84,6 +94,8 @@ class Trainer:
             if checkpoint is None:
                 raise ValueError("resume needs a run folder")
             self._restore(load_checkpoint(checkpoint))
+            if self.dist.is_main:  # the folder's config says what the run now does
+                atomic_write_text(self.out / "config.toml", cfg.to_toml())
         elif checkpoint is not None and checkpoint.exists():
             raise FileExistsError(f"{self.out} already holds a run ({CHECKPOINT_NAME}); resume "
                                   "it or choose another output folder")
@@ -137,6 +149,12 @@ class Trainer:
         return self.history
 
     def _train_step(self, split: Split, idx: Tensor) -> None:
+        if len(idx) == 0:  # this rank's shard of a short last batch: join the all-reduce
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+            self.dist.average_gradients(self.params, 0.0)
+            self.optimizer.step()
+            return
         x, y = self._batch(split, idx)
         mode = self.cfg.train.mode
         if mode == "ep":
@@ -190,7 +208,7 @@ class Trainer:
     def evaluate(self, split: Split) -> tuple[float, float]:
         """(accuracy, mean loss) at the free equilibrium (the feedforward pass for ``bp``);
         samples whose relaxation diverged count as wrong."""
-        correct = total = loss_sum = 0.0
+        correct = total = loss_sum = n_ok = 0.0
         for idx in eval_batches(len(split), self.cfg.data.test_batch_size, rank=self.dist.rank,
                                 world=self.dist.world):
             x, y = self._batch(split, idx)
@@ -206,17 +224,21 @@ class Trainer:
             correct += float(((pred == y) & ok).sum())
             loss_sum += float(torch.where(ok, loss, 0).sum())
             total += len(y)
-        correct, total, loss_sum = self.dist.sum([correct, total, loss_sum])
-        return correct / max(total, 1.0), loss_sum / max(total, 1.0)
+            n_ok += float(ok.sum())
+        correct, total, loss_sum, n_ok = self.dist.sum([correct, total, loss_sum, n_ok],
+                                                       self.device)
+        return correct / max(total, 1.0), loss_sum / n_ok if n_ok else math.nan
 
     # ------------------------------------------------------------------ epochs and files
 
     def _end_epoch(self, factor: float) -> None:
         start = time.perf_counter()
-        sums = dict(zip(_SUMS, self.dist.sum([self.partial[k] for k in _SUMS]), strict=True))
+        sums = self._global_sums()
         n = max(sums["count"], 1.0)
+        used = sums["count"] - sums["diverged"]
         row: dict[str, float] = {
-            "epoch": self.epoch + 1, "lr_factor": factor, "loss": sums["loss"] / n,
+            "epoch": self.epoch + 1, "lr_factor": factor,
+            "loss": sums["loss"] / used if used > 0 else math.nan,
             "train_acc": sums["correct"] / n, "nfe": sums["nfe"] / n,
             "nonconverged": sums["nonconverged"] / n if self.estimator else math.nan,
             "diverged": sums["diverged"] / n,
@@ -243,20 +265,30 @@ class Trainer:
                 "partial": dict(self.partial), "generators": gens,
                 "config": self.cfg.to_dict()}
 
+    def _global_sums(self) -> dict[str, float]:
+        """The epoch's partial sums added over the ranks."""
+        return dict(zip(_SUMS, self.dist.sum([self.partial[k] for k in _SUMS], self.device),
+                        strict=True))
+
     def _save(self) -> None:
         if self.out is None:
             return
-        state = self._state()  # every rank builds it (RNG reads are collective-free)
+        state = self._state()
+        # the checkpoint holds the partial sums of all ranks; on resume rank 0 takes them and
+        # the others start from zero, so the epoch's metrics count every sample once
+        state["partial"] = {**self._global_sums(), "seconds": self.partial["seconds"]}
         if self.dist.is_main:
-            save_checkpoint(self.out / CHECKPOINT_NAME, state)
-            if self.history:
+            if self.history:  # metrics first: a kill in between loses no row
                 write_metrics(self.out, self.history, {"config": self.cfg.to_toml()})
+            save_checkpoint(self.out / CHECKPOINT_NAME, state)
         self.dist.barrier()
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state["config"]
         mine = self.cfg.to_dict()
         differ = sorted(k for k in mine if k != "train" and saved.get(k) != mine[k])
+        differ += sorted(f"train.{k}" for k, v in mine["train"].items()
+                         if k not in RESUMABLE_TRAIN_KEYS and saved["train"].get(k) != v)
         if differ:
             raise CheckpointError(f"the checkpoint in {self.out} was written with a different "
                                   f"config: section(s) {differ} differ")
@@ -264,7 +296,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self.history = [dict(r) for r in state["history"]]
-        self.partial = {k: float(v) for k, v in state["partial"].items()}
+        self.partial = {k: (float(v) if self.dist.is_main or k == "seconds" else 0.0)
+                        for k, v in state["partial"].items()}
         gens = dict(state["generators"])
         torch.set_rng_state(gens.pop("torch_global"))
         mine_gens = _generators(self.estimator)
