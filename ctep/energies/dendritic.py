@@ -58,7 +58,8 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation
-from .conv import _clip_codes, _margin, layer_activations, memoised
+from ._memo import memoised
+from .conv import _clip_codes, _margin, layer_activations
 from .layered import LayeredEnergy
 
 BRANCH_ACTIVATIONS = ("relu", "softplus")
@@ -209,7 +210,7 @@ class DendriticHopfield(LayeredEnergy):
     def _input_basal(self, x: Tensor) -> Tensor:
         """g_0(x), the input's basal drive of layer 1: constant during a relaxation.
 
-        Outside autograd it is memoised (:func:`~ctep.energies.conv.memoised`: the same ``x``,
+        Outside autograd it is memoised (:func:`~ctep.energies._memo.memoised`: the same ``x``,
         W_0, branch biases and mask objects, unmodified in place). Under autograd it is always
         recomputed.
         """

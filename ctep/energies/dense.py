@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation, get_activation
+from ._memo import memoised
 from .layered import LayeredEnergy
 
 
@@ -58,7 +59,6 @@ class DenseHopfield(LayeredEnergy):
         dtype = dtype or torch.get_default_dtype()
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        self._input_memo: tuple | None = None  # (x, versions, W_0 x + b_0): see input_drive
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
             bound = init_scale / math.sqrt(n_in)
             w = (torch.rand(n_out, n_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
@@ -89,22 +89,16 @@ class DenseHopfield(LayeredEnergy):
     def input_drive(self, x: Tensor) -> Tensor:
         """W_0 x + b_0, the input's share of ∂Φ/∂r_1: constant during a relaxation.
 
-        Outside autograd it is memoised for the last ``x`` (held by reference, so its identity
-        cannot be reused) and recomputed when ``x``, ``W_0`` or ``b_0`` is modified in place
-        (their version counters) or has another dtype: a relaxation of a wide input layer then
-        costs one input product instead of one per step. Under autograd it is always computed,
-        so gradients flow to W_0 and b_0.
+        Outside autograd it is memoised (:func:`~ctep.energies._memo.memoised`: the same ``x``,
+        ``W_0`` and ``b_0``, unmodified in place), so a relaxation of a wide input layer costs
+        one input product instead of one per step. Under autograd it is always computed, so
+        gradients flow to W_0 and b_0.
         """
         w, b = self.weights[0], self.biases[0]
         if torch.is_grad_enabled() or x.is_complex():
             return torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype))
-        key = (x._version, w._version, b._version, x.dtype, w.dtype, w.device)
-        memo = self._input_memo
-        if memo is not None and memo[0] is x and memo[1] == key:
-            return memo[2]
-        out = torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype))
-        self._input_memo = (x, key, out)
-        return out
+        memo = self.__dict__.setdefault("_input_memo", {})
+        return memoised(memo, 0, (x, w, b), lambda: torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype)))
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)

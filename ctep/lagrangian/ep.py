@@ -19,13 +19,11 @@ Reference: with the Hessian H = ∂²S/∂Q² at q_0 and H λ = ∂C/∂Q,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._linalg import batched_jacobian, checked_solve
-from ..estimators import Estimator, get_estimator
+from ..estimators import Estimate, Estimator, get_estimator
 from .action import DiscreteAction
 from .krylov import minres
 from .solve import NewtonConfig, NewtonError, StationaryTrajectory, solve_trajectory
@@ -33,26 +31,9 @@ from .solve import NewtonConfig, NewtonError, StationaryTrajectory, solve_trajec
 IMPLICIT_SOLVERS = ("dense", "minres")
 
 
-@dataclass
-class ActionEstimate:
-    """Gradients from :func:`action_ep`, aligned with :attr:`params`."""
-
-    grads: tuple[Tensor, ...]
-    params: tuple[nn.Parameter, ...]
-    free: StationaryTrajectory
-    nudged: tuple[StationaryTrajectory, ...]
-    betas: tuple[float, ...]
-    loss: Tensor
-    used: Tensor
-    info: dict = field(default_factory=dict)
-
-    def write_grads(self, *, accumulate: bool = False) -> None:
-        """Store the gradients in ``p.grad`` (added to what is there when ``accumulate``)."""
-        for p, g in zip(self.params, self.grads, strict=True):
-            if accumulate and p.grad is not None:
-                p.grad.add_(g)
-            else:
-                p.grad = g.detach().clone()
+class ActionEstimate(Estimate):
+    """An :class:`~ctep.estimators.Estimate` of :func:`action_ep`: ``free`` and ``nudged`` hold
+    :class:`StationaryTrajectory` results instead of equilibria."""
 
 
 def action_loss(action: DiscreteAction, Q: Tensor, y: Tensor,
