@@ -13,7 +13,9 @@ class RelaxConfig:
     """Settings of :func:`ctep.solve.relax`.
 
     Attributes:
-        method: ``"fixed_point"`` (the damped map s ← s + h·drive, τ-free), ``"exp_euler"``
+        method: ``"fixed_point"`` (the damped map s ← s + h·drive: τ-free with h = damping
+            when ``dt`` is None, per-neuron h_i = min(1, damping·dt/τ_i) when it is set),
+            ``"exp_euler"``
             (exponential Euler with per-neuron factor h = 1 − exp(−dt/τ), exact for the unit
             leak −s/τ), or any torchdiffeq method (``dopri5``, ``bosh3``, ``adaptive_heun``,
             ``euler``, ``midpoint``, ``rk4``, ...).
@@ -21,8 +23,10 @@ class RelaxConfig:
         max_steps: loops: iteration cap; torchdiffeq: cap on solver steps within one check window.
         max_time: torchdiffeq: time cap (default 500·τ_max).
         dt: step of fixed-step methods (default 0.5·τ_min for torchdiffeq's fixed-grid methods,
-            τ_min for ``exp_euler``).
-        damping: h of ``fixed_point`` (1 gives the plain map s ← σ(∂Φ/∂s)).
+            τ_min for ``exp_euler``; ``fixed_point`` is τ-free unless dt is set, and then each
+            neuron steps by dt/τ_i, so a homogeneous τ = dt gives the plain map bit for bit).
+        damping: h of ``fixed_point`` (1 gives the plain map s ← σ(∂Φ/∂s)); with ``dt`` set,
+            a factor on every dt/τ_i.
         check_every: loops: iterations between residual checks (0: run ``max_steps`` as a fixed
             budget with no host synchronisation, then measure the residual once).
         window: torchdiffeq: time to the first residual check (default τ_max); each later window

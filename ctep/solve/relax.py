@@ -152,6 +152,18 @@ def _sub_field(field: BoundField, idx: Tensor, full_batch: int) -> BoundField:
     return BoundField(field.field, field.x[idx], y, field.beta)
 
 
+def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
+                     ) -> tuple[Tensor, ...]:
+    """Steps of the discrete map with per-neuron time constants: h_i = min(1, damping·dt/τ_i).
+
+    The map s ← s + h ⊙ drive(s) is then forward Euler with step dt on τ ⊙ ds/dt = drive,
+    damped by ``damping`` and clipped at h_i = 1 (the plain map s ← σ(∂Φ/∂s) for that neuron):
+    beyond 1 the step overshoots the map's own fixed-point update. Its fixed points are those
+    of the flow for every τ; its stability needs λ_max(D_h^{1/2} H D_h^{1/2}) < 2 (THEORY §2.1).
+    """
+    return tuple(torch.clamp((dt / t.detach()) * damping, max=1.0) for t in taus)
+
+
 def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
     """ctep's loops: s ← clamp(s + h ⊙ drive(s)), checked every ``check_every`` iterations."""
     energy = field.energy
@@ -159,8 +171,14 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
     if cfg.method == "fixed_point":
         if not 0 < cfg.damping <= 1:
             raise ValueError(f"fixed_point damping must lie in (0, 1], got {cfg.damping}")
-        h: tuple = (cfg.damping,) * len(s0)
-        time_per_step = 1.0
+        if cfg.dt is None:  # τ-free: one scalar step for every neuron
+            h: tuple = (cfg.damping,) * len(s0)
+            time_per_step = 1.0
+        else:  # per-neuron steps h_i = min(1, damping·dt/τ_i) (THEORY §2.1)
+            if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
+                raise ValueError(f"fixed_point dt must be positive and finite, got {cfg.dt}")
+            h = per_neuron_steps(tuple(field.field.tau()), cfg.dt, cfg.damping)
+            time_per_step = cfg.dt
     else:  # exp_euler: h = 1 − exp(−dt/τ), exact for the unit leak
         tau_min = min(float((1 / it).min()) for it in field.inv_tau)
         dt = cfg.dt if cfg.dt is not None else tau_min

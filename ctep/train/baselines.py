@@ -3,7 +3,8 @@
 * **BP**: the network's layers as a feedforward net, r_l = σ_l(W_{l−1} r_{l−1} + b_{l−1}) with
   r_0 = x (no feedback from the layers above), trained by backprop on ℓ(r_L, y).
 * **BPTT**: the loss ℓ(s_T, y) after T steps of the relaxation map s ← clamp(s + h·drive(s))
-  from zero states (h = the damping), differentiated through all T steps (Ernoult et al. 2019's
+  from zero states (h = the damping, or h_i = min(1, damping·dt/τ_i) per neuron with ``dt``, as
+  ``fixed_point`` does), differentiated through all T steps (Ernoult et al. 2019's
   BPTT baseline: what EP approximates with the same T).
 """
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from .._states import States
 from ..dynamics import VectorField
 from ..energies import DenseHopfield
+from ..solve.relax import per_neuron_steps
 
 
 def feedforward(field: VectorField, x: Tensor) -> States:
@@ -29,16 +31,20 @@ def feedforward(field: VectorField, x: Tensor) -> States:
     return tuple(out)
 
 
-def unrolled(field: VectorField, x: Tensor, steps: int, damping: float = 1.0) -> States:
+def unrolled(field: VectorField, x: Tensor, steps: int, damping: float = 1.0,
+             dt: float | None = None) -> States:
     """States after ``steps`` steps of the free relaxation map from zeros, with the graph kept
-    (the step is h·drive with h = ``damping``, τ-free like ``fixed_point``)."""
+    (the step is h ⊙ drive with h = ``damping``, τ-free, or with ``dt`` the per-neuron
+    h_i = min(1, damping·dt/τ_i), exactly as ``fixed_point`` steps)."""
     if steps < 1:
         raise ValueError(f"BPTT needs at least one step, got {steps}")
     bound = field.bind(x)
     energy = field.energy
+    h: tuple = ((damping,) * len(energy.state_shapes) if dt is None
+                else per_neuron_steps(tuple(field.tau()), dt, damping))
     p = next(iter(energy.parameters()))
     s = energy.init_states(x.shape[0], dtype=p.dtype, device=x.device)
     for _ in range(steps):
         d = bound.drive(s)
-        s = energy.clamp(tuple(a + damping * b for a, b in zip(s, d, strict=True)))
+        s = energy.clamp(tuple(a + hh * b for a, hh, b in zip(s, h, d, strict=True)))
     return s

@@ -63,16 +63,25 @@ def build_field(cfg: TrainConfig, input_shape: tuple[int, ...], n_classes: int) 
 
 
 def build_tau(cfg: TrainConfig, shapes, dtype: torch.dtype) -> TimeConstants:
-    """τ per neuron from ``[tau]`` (one spread, or one per state layer)."""
+    """τ per neuron from ``[tau]`` (one spread, or one per state layer).
+
+    With ``normalize = "rate"`` each layer's draw (float64) is rescaled, τ ← τ · m · mean(1/τ),
+    so that its mean rate mean(1/τ) is 1/m exactly, m = ``tau.mean``.
+    """
     t = cfg.tau
     spreads = list(t.per_layer) or [t.spread] * len(shapes)
     if len(spreads) != len(shapes):
         raise ValueError(f"tau.per_layer lists {len(spreads)} spreads for {len(shapes)} state "
                          "layers")
     gen = torch.Generator().manual_seed(int(t.seed))
-    taus = [sample_tau(shape, t.distribution, t.mean, s, generator=gen).to(dtype)
+    taus = [sample_tau(shape, t.distribution, t.mean, s, generator=gen)
             for shape, s in zip(shapes, spreads, strict=True)]
-    return TimeConstants(taus)
+    if t.normalize == "rate":
+        taus = [tau * (t.mean * float((1.0 / tau).mean())) if s > 0 else tau
+                for tau, s in zip(taus, spreads, strict=True)]
+    elif t.normalize != "tau":
+        raise ValueError(f"unknown tau.normalize {t.normalize!r}; known: tau, rate")
+    return TimeConstants([tau.to(dtype) for tau in taus])
 
 
 def relax_configs(cfg: TrainConfig) -> tuple[RelaxConfig, RelaxConfig, RelaxConfig]:

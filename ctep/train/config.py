@@ -8,7 +8,7 @@ errors (a typo must not silently fall back to a default)::
     [model]     kind, hidden, activation, form, alpha, init_scale, dtype, device, seed,
                 options
     [cost]      name, readout
-    [tau]       distribution, mean, spread, seed, per_layer
+    [tau]       distribution, mean, spread, seed, per_layer, normalize
     [relax]     method, free_steps, nudged_steps, tol, check_every, damping, dt, eval_steps
     [estimator] name, beta, random_sign, points, temperature, on_failure, seed
     [optimizer] name, lr, momentum, nesterov, weight_decay, betas, eps
@@ -94,13 +94,22 @@ class CostConfig:
 class TauConfig:
     """Per-neuron time constants (``constant``, ``uniform``, ``lognormal``, ``gamma``) with mean
     and coefficient of variation ``spread``; ``per_layer`` lists one spread per state layer
-    (overriding ``spread``)."""
+    (overriding ``spread``).
+
+    ``normalize`` says which average the heterogeneous draw keeps equal to the homogeneous
+    baseline τ ≡ ``mean`` (THEORY §2.2): ``"tau"`` the distribution's mean time constant E[τ]
+    (the draw as it comes), ``"rate"`` each layer's mean rate, mean_i(1/τ_i) = 1/``mean``
+    (the drawn τ of the layer rescaled by mean_i(1/τ_i)·``mean``), so the mean unclipped step
+    dt/τ_i of the discrete map is that of the baseline and heterogeneity is not confounded
+    with a change of average speed.
+    """
 
     distribution: str = "constant"
     mean: float = 1.0
     spread: float = 0.0
     seed: int = 0
     per_layer: list[float] = field(default_factory=list)
+    normalize: str = "tau"
 
 
 @dataclass
@@ -112,7 +121,10 @@ class RelaxTrainConfig:
     decides which samples are *reported* as not converged. With ``check_every = k > 0`` each
     sample stops once its residual is ≤ ``tol`` (checked every k steps) and the step counts are
     caps. ``eval_steps`` (0: ``free_steps``) is the free phase at evaluation. ``dt`` (0: the
-    method's default) is the step of ``exp_euler`` and torchdiffeq's fixed-grid methods.
+    method's default) is the step of ``exp_euler`` and torchdiffeq's fixed-grid methods; for
+    ``fixed_point`` a positive ``dt`` gives every neuron its own step h_i = min(1,
+    damping·dt/τ_i) (0 keeps the τ-free map with h = damping), and the ``bptt`` baseline
+    unrolls the same steps.
     """
 
     method: str = "fixed_point"
@@ -248,6 +260,10 @@ class TrainConfig:
         _require(r.tol > 0 and math.isfinite(r.tol), "relax.tol must be > 0")
         _require(r.check_every >= 0 and r.eval_steps >= 0,
                  "relax.check_every and relax.eval_steps must be ≥ 0")
+        _require(r.dt >= 0 and math.isfinite(r.dt), "relax.dt must be ≥ 0 (0: the method's "
+                 "default)")
+        _require(self.tau.normalize in TAU_NORMALIZATIONS, f"tau.normalize must be one of "
+                 f"{list(TAU_NORMALIZATIONS)}, got {self.tau.normalize!r}")
         _require(e.beta > 0 and math.isfinite(e.beta), "estimator.beta must be > 0")
         lrs = o.lr if isinstance(o.lr, list) else [o.lr]
         _require(len(lrs) > 0 and all(x >= 0 and math.isfinite(x) for x in lrs),
@@ -271,6 +287,8 @@ class TrainConfig:
 
 
 DTYPE_NAMES = ("float32", "float64", "bfloat16")
+#: what a heterogeneous τ draw keeps equal to the homogeneous baseline (see TauConfig)
+TAU_NORMALIZATIONS = ("tau", "rate")
 
 
 def load_config(path: str | pathlib.Path | None = None,
