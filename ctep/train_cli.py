@@ -6,9 +6,6 @@ import argparse
 import pathlib
 import sys
 
-from .data import DatasetNotFoundError
-from .train import CheckpointError, TrainingDiverged, load_config, train
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=pathlib.Path, default=None,
@@ -29,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at module level: torchvision (via ctep.data) costs seconds to import,
+    # and `ctep --help` / `ctep verify` build this subcommand's parser without running it
+    from .data import DatasetNotFoundError
+    from .train import CheckpointError, TrainingDiverged, load_config, train
+
     overrides = list(args.overrides)
     if args.data_root is not None:
         overrides.append(f"data.root={_toml_string(args.data_root)}")
