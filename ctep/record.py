@@ -1,0 +1,350 @@
+"""Relaxation trajectories as ``xarray.Dataset``s, saved to and loaded from netCDF.
+
+:func:`record_relaxation` relaxes a batch and returns the path in one of two modes:
+
+* **check times** (``times=None``): :func:`ctep.solve.relax` with ``record=True``. The states
+  are those at the solver's residual checks: every iteration of a loop method with
+  ``check_every=1``, every ``check_every`` iterations otherwise, and the ends of the check
+  windows for torchdiffeq methods. A sample that stops (converged or diverged) leaves the
+  working batch, so its recorded values are frozen from its ``t_stop`` on.
+* **time grid** (``times`` given): the states at exactly those times, integrated from t = 0 with
+  no sample stopping early. torchdiffeq methods call ``odeint(f, s0, times)`` over the whole
+  batch (one shared step size; the fixed-grid methods interpolate linearly between their own
+  steps); the loop methods (``fixed_point``, ``exp_euler``) run with tolerance 0 up to the last
+  time and keep the iterates at those times, which must be whole multiples of the step.
+
+Layout of the Dataset (``L`` state layers, ``l = 1..L``):
+
+============== ============================ ==================================================
+variable       dims                         meaning
+============== ============================ ==================================================
+``s_l``        time, sample, neuron_l       states of layer l (conv layers flattened; the
+                                            per-sample shape is in attr ``shape_l``)
+``drive_l``    time, sample, neuron_l       τ ⊙ ds/dt (= −∂F/∂s for gradient fields)
+``residual``   time, sample                 ‖τ ⊙ ds/dt‖∞ over all layers (float64)
+``energy``     time, sample                 F = E + β·ℓ (float64)
+``tau_l``      neuron_l                     time constants of layer l (float64)
+``status``     sample                       :class:`ctep.solve.Status` code (int8)
+``nfe``        sample                       vector-field evaluations (int64)
+``steps``      sample                       iterations (loops) or check windows (torchdiffeq)
+``t_stop``     sample                       time at which the sample stopped
+``x``          sample, input                inputs, flattened
+``target``     sample                       targets (when given)
+============== ============================ ==================================================
+
+Attributes: ``mode``, ``method``, ``tol``, ``beta``, ``dtype``, ``ctep_version``, ``energy``,
+``form`` (layered energies), ``cost``, ``layers``, ``shape_l`` (JSON lists), ``input_shape``,
+``relax_config`` (JSON), ``status_names`` (JSON) and ``message``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Sequence
+
+import torch
+import torchdiffeq
+from torch import Tensor
+from torchdiffeq._impl.odeint import SOLVERS  # the method table of odeint (no public name)
+from torchdiffeq._impl.solvers import FixedGridODESolver
+
+from ._states import States, per_sample_all_finite, per_sample_max_abs
+from .dynamics import BoundField, VectorField
+from .solve import RelaxationError, RelaxConfig, Status, relax
+from .solve.config import LOOP_METHODS
+
+RECORD_MODES = ("check_times", "time_grid")
+#: torchdiffeq's fixed-grid methods take a step size (dt) instead of tolerances
+_FIXED_GRID = tuple(m for m, cls in SOLVERS.items() if issubclass(cls, FixedGridODESolver))
+
+
+def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
+                      beta: float = 0.0, *, config: RelaxConfig,
+                      times: Sequence[float] | Tensor | None = None, s0: States | None = None,
+                      samples: Sequence[int] | None = None):
+    """Relax ``field`` on inputs ``x`` (targets ``y``, nudge ``beta``) and record the path.
+
+    Args:
+        field: the network (energy, cost, τ).
+        x, y: a batch of inputs and, for ``beta != 0`` or to store them, targets.
+        beta: real nudge strength β of F = E + β·ℓ.
+        config: how to relax (method, tol, step, ...); ``record`` and ``polish`` are set here
+            (recording on, no Newton polish: the polished states are not on the path).
+        times: ``None`` to record at the solver's check times, or a strictly increasing grid
+            of times ≥ 0 (see the module docstring for what each method does with it).
+        s0: initial states (default: the energy's zero states).
+        samples: indices into the batch to relax (default: all).
+
+    Returns:
+        An ``xarray.Dataset`` laid out as in the module docstring.
+    """
+    if isinstance(beta, complex) or not math.isfinite(float(beta)):
+        raise ValueError(f"beta must be a finite real number, got {beta!r}")
+    beta = float(beta)
+    if not isinstance(config, RelaxConfig):
+        raise TypeError(f"config must be a RelaxConfig, got {type(config).__name__}")
+    if samples is not None:
+        idx = torch.as_tensor(list(samples), dtype=torch.int64)
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= x.shape[0]:
+            raise ValueError(f"samples must be indices in [0, {x.shape[0]}), got "
+                             f"{list(samples)}")
+        x = x[idx]
+        y = None if y is None else y[idx]
+        s0 = None if s0 is None else tuple(s[idx] for s in s0)
+    bound = field.bind(x, y, beta)
+    cfg = config.replace(record=True, polish=0)
+    if times is None:
+        eq = relax(bound, s0, cfg)
+        traj = eq.trajectory
+        t, states = _drop_repeated_times(traj.times, traj.states)
+        stats = {"status": eq.status, "nfe": eq.nfe, "steps": eq.steps, "t_stop": eq.t}
+        mode, message = "check_times", eq.message
+    else:
+        grid = _check_times(times)
+        if cfg.method in LOOP_METHODS:
+            states, stats = _loop_on_grid(bound, s0, cfg, grid)
+        else:
+            states, stats = _odeint_on_grid(bound, s0, cfg, grid)
+        t, mode, message = grid, "time_grid", ""
+    return _to_dataset(field, bound, t, states, stats, cfg, mode, message)
+
+
+def _check_times(times: Sequence[float] | Tensor) -> Tensor:
+    t = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if t.numel() == 0:
+        raise ValueError("times must hold at least one time")
+    if not bool(torch.isfinite(t).all()) or float(t[0]) < 0:
+        raise ValueError(f"times must be finite and ≥ 0, got first {float(t[0])!r}")
+    if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
+        raise ValueError("times must be strictly increasing")
+    return t
+
+
+def _drop_repeated_times(times: Tensor, states: States) -> tuple[Tensor, States]:
+    """Keep the last record of each time (a loop may snapshot its final state twice)."""
+    keep = torch.ones(times.numel(), dtype=torch.bool)
+    if times.numel() > 1:
+        keep[:-1] = times[1:] != times[:-1]
+    return times[keep], tuple(s[keep] for s in states)
+
+
+def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
+                  grid: Tensor) -> tuple[States, dict]:
+    """A loop method at tolerance 0 up to the last grid time; the iterates at the grid times."""
+    step = _loop_step(bound, cfg)
+    n = torch.round(grid / step)
+    if not bool(torch.allclose(n * step, grid, rtol=1e-9, atol=1e-12)):
+        raise ValueError(f"method {cfg.method!r} steps by {step:g}: every requested time must "
+                         f"be a whole number of steps (got {grid.tolist()[:5]}...)")
+    eq = relax(bound, s0, cfg.replace(tol=0.0, max_steps=max(int(n[-1]), 1), check_every=1))
+    times, states = _drop_repeated_times(eq.trajectory.times, eq.trajectory.states)
+    pick = []
+    for t in grid.tolist():
+        hit = torch.nonzero(torch.isclose(times, torch.tensor(t, dtype=torch.float64),
+                                          rtol=1e-9, atol=1e-12)).flatten()
+        if hit.numel() == 0:
+            raise RelaxationError(f"the {cfg.method} loop recorded no state at t = {t:g} "
+                                  "(did the step size differ from the one assumed?)")
+        pick.append(int(hit[-1]))
+    states = tuple(s[pick] for s in states)
+    status = _grid_status(bound, states, cfg)
+    stats = {"status": status, "nfe": eq.nfe, "steps": eq.steps,
+             "t_stop": torch.where(status == int(Status.DIVERGED), eq.t, grid[-1])}
+    return states, stats
+
+
+def _loop_step(bound: BoundField, cfg: RelaxConfig) -> float:
+    """Time per iteration of a loop method: dt when set, else 1 (fixed_point) or τ_min
+    (exp_euler), as in :func:`ctep.solve.relax`."""
+    if cfg.dt is not None:
+        if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
+            raise ValueError(f"dt must be positive and finite, got {cfg.dt}")
+        return float(cfg.dt)
+    if cfg.method == "fixed_point":
+        return 1.0
+    return min(float((1 / it).min()) for it in bound.inv_tau)
+
+
+def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
+                    grid: Tensor) -> tuple[States, dict]:
+    """``torchdiffeq.odeint`` over the whole batch with output at the grid times."""
+    energy = bound.energy
+    if s0 is None:
+        p = next(iter(energy.parameters()), None)
+        dtype = p.dtype if p is not None else bound.x.dtype
+        s0 = energy.init_states(bound.x.shape[0], dtype=dtype, device=bound.x.device)
+    else:
+        s0 = tuple(s.detach().clone() for s in s0)
+        energy.check_states(s0)
+    s0 = energy.clamp(s0)
+    tau_min = min(float((1 / it).min()) for it in bound.inv_tau)
+    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
+    options: dict = {}
+    if cfg.method in _FIXED_GRID:
+        options["step_size"] = cfg.dt if cfg.dt is not None else 0.5 * tau_min
+    elif cfg.method != "scipy_solver":
+        options["norm"] = lambda ts: torch.stack([t.abs().max() for t in ts]).max()
+        options["max_num_steps"] = cfg.max_steps
+    prepend = float(grid[0]) > 0
+    span = torch.cat([grid.new_zeros(1), grid]) if prepend else grid
+    func = _FrozenBeyond(bound, cfg.diverge_at)
+    try:
+        with torch.no_grad():
+            sol = torchdiffeq.odeint(func, s0, span.to(s0[0].device), method=cfg.method,
+                                     rtol=rtol, atol=atol, options=options)
+    except (AssertionError, RuntimeError) as err:
+        raise RelaxationError(f"torchdiffeq ({cfg.method}) failed on the time grid "
+                              f"[0, {float(grid[-1]):g}]: {err}") from err
+    states = tuple(s[1:] if prepend else s for s in sol)
+    k, b = grid.numel(), s0[0].shape[0]
+    flat = tuple(energy.clamp(tuple(s.reshape(k * b, *s.shape[2:]) for s in states)))
+    states = tuple(s.reshape(k, b, *s.shape[1:]) for s in flat)
+    status = _grid_status(bound, states, cfg)
+    nfe = torch.full((b,), bound.nfe, dtype=torch.int64)
+    stats = {"status": status, "nfe": nfe, "steps": torch.full((b,), k, dtype=torch.int64),
+             "t_stop": torch.full((b,), float(grid[-1]), dtype=torch.float64)}
+    return states, stats
+
+
+class _FrozenBeyond:
+    """ds/dt with samples whose states exceed ``limit`` frozen (one exploding sample must not
+    break the shared step size); they are reported as diverged."""
+
+    def __init__(self, bound: BoundField, limit: float) -> None:
+        self.bound = bound
+        self.limit = limit
+
+    def __call__(self, t: Tensor, states: States) -> States:
+        out = self.bound(t, states)
+        ok = (per_sample_max_abs(states) <= self.limit).to(out[0].dtype)
+        return tuple(o * ok.reshape(-1, *([1] * (o.dim() - 1))) for o in out)
+
+
+def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
+    """Status at the last grid time: CONVERGED when ‖drive‖∞ ≤ tol there, DIVERGED when the
+    states are non-finite or beyond ``diverge_at``, else MAX_STEPS."""
+    last = tuple(s[-1] for s in states)
+    with torch.no_grad():
+        r = bound.residual(last)
+    bound.nfe -= 1  # a diagnostic evaluation, not part of the relaxation
+    bad = ~per_sample_all_finite(last) | ~torch.isfinite(r) | (
+        per_sample_max_abs(last) > cfg.diverge_at)
+    status = torch.full(r.shape, int(Status.MAX_STEPS), dtype=torch.int8)
+    status[(r <= cfg.tol) & ~bad] = int(Status.CONVERGED)
+    status[bad] = int(Status.DIVERGED)
+    return status
+
+
+def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float,
+                    states: States) -> tuple[States, Tensor, Tensor]:
+    """The drive τ ⊙ ds/dt, the residual ‖drive‖∞ and F = E + β·ℓ at states of shape
+    ``(K, B, *shape_l)`` (all K·B points in one batch)."""
+    k, b = states[0].shape[:2]
+    flat = tuple(s.reshape(k * b, *s.shape[2:]) for s in states)
+    xr_ = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+    yr = None if y is None else y.unsqueeze(0).expand(k, *y.shape).reshape(k * b, *y.shape[1:])
+    bound = BoundField(field, xr_, yr, beta)
+    with torch.no_grad():
+        drive = bound.drive(flat)
+        energy = field.total_energy(xr_, flat, yr, beta)
+    residual = per_sample_max_abs(drive).to(torch.float64)
+    return (tuple(d.reshape(k, b, -1) for d in drive), residual.reshape(k, b),
+            energy.to(torch.float64).reshape(k, b))
+
+
+def _to_dataset(field: VectorField, bound: BoundField, times: Tensor, states: States,
+                stats: dict, cfg: RelaxConfig, mode: str, message: str):
+    import xarray as xr
+
+    from . import __version__
+
+    x, y, beta = bound.x, bound.y, float(bound.beta)
+    drive, residual, energy = path_quantities(field, x, y, beta, states)
+    k, b = states[0].shape[:2]
+    data: dict = {}
+    coords: dict = {"time": times.double().numpy(), "sample": list(range(b))}
+    attrs: dict = {}
+    taus = field.tau()
+    for i, (s, d, t) in enumerate(zip(states, drive, taus, strict=True), start=1):
+        dim = f"neuron_{i}"
+        coords[dim] = list(range(int(t.numel())))
+        data[f"s_{i}"] = (("time", "sample", dim), _np(s.reshape(k, b, -1)))
+        data[f"drive_{i}"] = (("time", "sample", dim), _np(d))
+        data[f"tau_{i}"] = ((dim,), _np(t.detach().reshape(-1).double()))
+        attrs[f"shape_{i}"] = json.dumps([int(v) for v in t.shape])
+    data["residual"] = (("time", "sample"), _np(residual))
+    data["energy"] = (("time", "sample"), _np(energy))
+    data["status"] = (("sample",), _np(stats["status"].to(torch.int8)))
+    data["nfe"] = (("sample",), _np(stats["nfe"].to(torch.int64)))
+    data["steps"] = (("sample",), _np(stats["steps"].to(torch.int64)))
+    data["t_stop"] = (("sample",), _np(stats["t_stop"].to(torch.float64)))
+    data["x"] = (("sample", "input"), _np(x.reshape(b, -1)))
+    if y is not None:
+        data["target"] = (("sample",) + tuple(f"target_{j}" for j in range(y.dim() - 1)),
+                          _np(y))
+    energy_mod = field.energy
+    attrs.update(
+        mode=mode, method=cfg.method, tol=float(cfg.tol), beta=beta,
+        dtype=str(states[0].dtype).removeprefix("torch."), ctep_version=__version__,
+        energy=type(energy_mod).__name__, form=str(getattr(energy_mod, "form", "")),
+        cost=type(field.cost).__name__, layers=len(states),
+        input_shape=json.dumps([int(v) for v in x.shape[1:]]),
+        relax_config=json.dumps({k_: v for k_, v in dataclasses.asdict(cfg).items()}),
+        status_names=json.dumps({s.name: int(s) for s in Status}), message=str(message))
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _np(t: Tensor):
+    return t.detach().cpu().numpy()
+
+
+def layer_states(ds, layer: int) -> Tensor:
+    """States of ``layer`` (1-based) as a tensor ``(time, sample, *shape_l)``."""
+    check_layer(ds, layer)
+    shape = json.loads(ds.attrs[f"shape_{layer}"])
+    v = torch.from_numpy(ds[f"s_{layer}"].values.copy())
+    return v.reshape(v.shape[0], v.shape[1], *shape)
+
+
+def check_layer(ds, layer: int) -> None:
+    """Raise a clear error unless ``layer`` is a state layer of the recorded Dataset."""
+    n = int(ds.attrs.get("layers", 0))
+    if not (isinstance(layer, int) and 1 <= layer <= n):
+        raise ValueError(f"layer must be one of 1..{n} (state layers, input excluded), "
+                         f"got {layer!r}")
+
+
+def save_dataset(ds, path: str | os.PathLike) -> pathlib.Path:
+    """Write ``ds`` to netCDF at ``path`` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over ``path`` (a reader never sees a half-written file)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_dataset(path: str | os.PathLike):
+    """Read a Dataset written by :func:`save_dataset` fully into memory (the file is closed
+    again); dtypes are as written (float64 stays float64, ``status`` int8)."""
+    import xarray as xr
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recorded dynamics at {path}")
+    return xr.load_dataset(path, engine="netcdf4", decode_times=False)
