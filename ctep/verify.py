@@ -19,6 +19,7 @@ from . import estimators as _estimators
 from .dynamics import VectorField
 from .energies import DenseHopfield
 from .estimators import get_estimator
+from .plot import plot_error_vs_beta, plot_gdu  # noqa: F401  (the report's figure; re-exported)
 from .reference import compare, gdu_check, get_reference
 from .solve import RelaxConfig, relax
 from .timeconstants import TimeConstants
@@ -259,51 +260,6 @@ def report_dataset(report: dict):
     return ds
 
 
-def plot_error_vs_beta(ds, reference: str | None = None):
-    """Log-log relative error against β, one line per estimator, and, when the Dataset has GDU
-    curves, a second panel with them (:func:`plot_gdu`); returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    ref = reference or str(ds.reference.values[0])
-    has_gdu = "gdu_rel_rmse" in ds
-    fig, axes = plt.subplots(1, 2 if has_gdu else 1, figsize=(10 if has_gdu else 5, 4),
-                             squeeze=False)
-    ax = axes[0, 0]
-    if has_gdu:
-        plot_gdu(ds, axes[0, 1])
-    for est in ds.estimator.values:
-        err = ds.rel_error.sel(estimator=est, reference=ref)
-        ax.loglog(ds.beta.values, err.values, "o-", label=str(est))
-    ax.set_xlabel("β (|β| for holomorphic)")
-    ax.set_ylabel(f"relative error vs {ref}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_gdu(ds, ax) -> None:
-    """GDU relative RMSE per layer against the step, on a log scale (resolved steps only: the
-    others measure round-off); neurons solid, parameters dashed."""
-    import numpy as np
-
-    rmse = np.where(ds.gdu_resolved.values.astype(bool), ds.gdu_rel_rmse.values, np.nan)
-    for i, (layer, kind) in enumerate(zip(ds.layer.values, ds.gdu_kind.values, strict=True)):
-        row = rmse[i]
-        if np.isfinite(row).any():
-            ax.semilogy(ds.step.values, row, "-" if kind == "neurons" else "--", marker=".",
-                        label=str(layer))
-    ax.set_xlabel("step t of the nudged phase")
-    ax.set_ylabel("GDU relative RMSE, EP vs BPTT")
-    ax.set_title(f"β = {ds.attrs.get('gdu_beta', float('nan')):g}, h = "
-                 f"{ds.attrs.get('gdu_step', '?')}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-
-
 def write_report(report: dict, out_dir) -> dict[str, str]:
     """Write ``verify.nc`` (netCDF) and ``error_vs_beta.png`` (with a GDU panel when the report
     has GDU curves) into ``out_dir``; return the paths."""
@@ -319,7 +275,4 @@ def write_report(report: dict, out_dir) -> dict[str, str]:
     fig = plot_error_vs_beta(ds)
     png = out / "error_vs_beta.png"
     fig.savefig(png, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return {"netcdf": str(nc), "figure": str(png)}

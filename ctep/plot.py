@@ -1,0 +1,211 @@
+"""Figures from recorded dynamics and verification reports, one function each.
+
+Every function builds a ``matplotlib.figure.Figure`` directly (no pyplot, no global figure
+registry, no display needed) and returns it; ``fig.savefig(path)`` writes it. matplotlib is
+imported inside the functions so that importing ctep stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .record import check_layer
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
+                      neurons: Sequence[int] | None = None):
+    """States s_i(t) of a few neurons of ``layer`` (1-based), one panel per sample.
+
+    Defaults: the first three samples and the first eight neurons of the layer. A dashed line
+    marks the time each sample stopped (``t_stop``); line colour follows the neuron's τ.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
+    check_layer(ds, layer)
+    dim = f"neuron_{layer}"
+    n_samples, n_neurons = ds.sizes["sample"], ds.sizes[dim]
+    samples = list(range(min(3, n_samples))) if samples is None else list(samples)
+    neurons = list(range(min(8, n_neurons))) if neurons is None else list(neurons)
+    _check_indices("samples", samples, n_samples)
+    _check_indices("neurons", neurons, n_neurons)
+    tau = ds[f"tau_{layer}"].values
+    lo, hi = float(tau.min()), float(tau.max())
+    norm = LogNorm(lo, hi if hi > lo else lo * 1.0001)
+    cmap = colormaps["viridis"]
+    t = ds["time"].values
+    fig = _figure(3.6 * len(samples), 3.2)
+    axes = fig.subplots(1, len(samples), squeeze=False, sharey=True)[0]
+    for ax, b in zip(axes, samples, strict=True):
+        s = ds[f"s_{layer}"].isel(sample=b).transpose("time", dim).values
+        for i in neurons:
+            ax.plot(t, s[:, i], color=cmap(norm(tau[i])), lw=1.2)
+        ax.axvline(float(ds["t_stop"].values[b]), color="0.5", ls="--", lw=0.8)
+        ax.set_title(f"sample {b}", fontsize=9)
+        ax.set_xlabel("time t")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"state s of layer {layer}")
+    sm = _mappable(cmap, norm)
+    fig.colorbar(sm, ax=list(axes), label="τ of the neuron")
+    fig.suptitle(f"relaxation, {ds.attrs.get('method', '?')} (β = "
+                 f"{float(ds.attrs.get('beta', 0.0)):g}); dashed: stop", fontsize=10)
+    return fig
+
+
+def plot_residual_energy(ds):
+    """Left: residual ‖τ ⊙ ds/dt‖∞ against time per sample, with the tolerance. Right: the
+    energy gap F(t) − F(t_end) per sample (log scale; zero gaps are not drawn)."""
+    t = ds["time"].values
+    r = ds["residual"].transpose("time", "sample").values
+    f = ds["energy"].transpose("time", "sample").values
+    fig = _figure(9.0, 3.4)
+    ax_r, ax_f = fig.subplots(1, 2, squeeze=True)
+    for b in range(r.shape[1]):
+        ax_r.semilogy(t, np.where(r[:, b] > 0, r[:, b], np.nan), lw=1)
+        gap = f[:, b] - f[-1, b]
+        ax_f.semilogy(t, np.where(gap > 0, gap, np.nan), lw=1)
+    tol = float(ds.attrs.get("tol", 0.0))
+    if tol > 0:
+        ax_r.axhline(tol, color="k", ls=":", lw=1, label=f"tol {tol:g}")
+        ax_r.legend(fontsize=8)
+    ax_r.set_xlabel("time t")
+    ax_r.set_ylabel("residual ‖τ ⊙ ds/dt‖∞")
+    ax_f.set_xlabel("time t")
+    ax_f.set_ylabel("F(t) − F(t_end)")
+    for ax in (ax_r, ax_f):
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{ds.sizes['sample']} samples, {ds.attrs.get('method', '?')}", fontsize=10)
+    return fig
+
+
+def plot_tau_histogram(tau, bins: int = 30):
+    """Histogram of the time constants, one colour per layer, on log-spaced bins.
+
+    ``tau`` is a recorded Dataset (variables ``tau_l``), a
+    :class:`~ctep.timeconstants.TimeConstants`, or a sequence of per-layer tensors/arrays.
+    """
+    layers = _tau_layers(tau)
+    flat = np.concatenate([v for v in layers.values()])
+    if flat.size == 0 or not np.all(np.isfinite(flat)) or np.any(flat <= 0):
+        raise ValueError("τ must be a non-empty set of positive finite values")
+    lo, hi = float(flat.min()), float(flat.max())
+    edges = np.geomspace(lo, hi, bins + 1) if hi > lo * 1.0001 else np.array(
+        [lo * 0.95, lo * 1.05])
+    fig = _figure(5.0, 3.4)
+    ax = fig.subplots()
+    ax.hist(list(layers.values()), bins=edges, stacked=True, label=list(layers))
+    if edges.size > 2:
+        ax.set_xscale("log")
+    ax.set_xlabel("τ")
+    ax.set_ylabel("neurons")
+    ax.set_title(f"{flat.size} neurons: τ from {lo:.3g} to {hi:.3g} (mean {flat.mean():.3g})",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_time_to_convergence_vs_tau(ds, tol: float | None = None):
+    """Each neuron's time to tolerance (:func:`ctep.diagnostics.time_to_tolerance`, the first
+    time after which |τ_i ds_i/dt| stays ≤ tol), median over samples, against its τ_i; one
+    colour per layer, log-log. Neurons that never reach tol are left out (counted in the
+    title)."""
+    from .diagnostics import time_to_tolerance
+
+    tt = time_to_tolerance(ds, tol)
+    fig = _figure(5.0, 3.6)
+    ax = fig.subplots()
+    missing = 0
+    for i in range(1, int(ds.attrs["layers"]) + 1):
+        times = tt[f"t_tol_{i}"].transpose("sample", f"neuron_{i}").values
+        med = np.median(times, axis=0)
+        ok = np.isfinite(med) & (med > 0)
+        missing += int((~np.isfinite(med)).sum())
+        ax.loglog(ds[f"tau_{i}"].values[ok], med[ok], "o", ms=3, alpha=0.8, label=f"layer {i}")
+    ax.set_xlabel("τ of the neuron")
+    ax.set_ylabel("time to |τ ds/dt| ≤ tol (median over samples)")
+    ax.set_title(f"tol {tt.attrs['tol']:g}" + (f"; {missing} neurons never reach it"
+                                              if missing else ""), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_error_vs_beta(ds, reference: str | None = None):
+    """Log-log relative error against β, one line per estimator, from a verification report
+    Dataset (:func:`ctep.verify.report_dataset`), and, when the Dataset has GDU curves, a
+    second panel with them (:func:`plot_gdu`); returns the figure."""
+    ref = reference or str(ds.reference.values[0])
+    has_gdu = "gdu_rel_rmse" in ds
+    fig = _figure(10 if has_gdu else 5, 4)
+    axes = fig.subplots(1, 2 if has_gdu else 1, squeeze=False)
+    ax = axes[0, 0]
+    if has_gdu:
+        plot_gdu(ds, axes[0, 1])
+    for est in ds.estimator.values:
+        err = ds.rel_error.sel(estimator=est, reference=ref)
+        ax.loglog(ds.beta.values, err.values, "o-", label=str(est))
+    ax.set_xlabel("β (|β| for holomorphic)")
+    ax.set_ylabel(f"relative error vs {ref}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_gdu(ds, ax) -> None:
+    """GDU relative RMSE per layer against the step, on a log scale (resolved steps only: the
+    others measure round-off); neurons solid, parameters dashed. Draws into ``ax``."""
+    rmse = np.where(ds.gdu_resolved.values.astype(bool), ds.gdu_rel_rmse.values, np.nan)
+    for i, (layer, kind) in enumerate(zip(ds.layer.values, ds.gdu_kind.values, strict=True)):
+        row = rmse[i]
+        if np.isfinite(row).any():
+            ax.semilogy(ds.step.values, row, "-" if kind == "neurons" else "--", marker=".",
+                        label=str(layer))
+    ax.set_xlabel("step t of the nudged phase")
+    ax.set_ylabel("GDU relative RMSE, EP vs BPTT")
+    ax.set_title(f"β = {ds.attrs.get('gdu_beta', float('nan')):g}, h = "
+                 f"{ds.attrs.get('gdu_step', '?')}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _tau_layers(tau) -> dict[str, np.ndarray]:
+    import torch
+
+    if hasattr(tau, "data_vars"):  # a recorded Dataset
+        n = int(tau.attrs.get("layers", 0))
+        if n < 1:
+            raise ValueError("the Dataset has no τ (expected variables tau_1, tau_2, ...)")
+        return {f"layer {i}": np.asarray(tau[f"tau_{i}"].values, dtype=float).ravel()
+                for i in range(1, n + 1)}
+    if isinstance(tau, torch.nn.Module):
+        tau = tau()
+    if isinstance(tau, (list, tuple)):
+        return {f"layer {i}": np.asarray(t.detach().cpu() if torch.is_tensor(t) else t,
+                                         dtype=float).ravel()
+                for i, t in enumerate(tau, start=1)}
+    raise TypeError("tau must be a recorded Dataset, TimeConstants, or a sequence of per-layer "
+                    f"arrays, got {type(tau).__name__}")
+
+
+def _check_indices(name: str, idx: Sequence[int], size: int) -> None:
+    if not idx or any((not isinstance(i, (int, np.integer))) or not 0 <= i < size
+                      for i in idx):
+        raise ValueError(f"{name} must be a non-empty list of indices in [0, {size}), got "
+                         f"{list(idx)}")
+
+
+def _mappable(cmap, norm):
+    from matplotlib.cm import ScalarMappable
+
+    sm = ScalarMappable(norm=norm, cmap=cmap)
+    sm.set_array([])
+    return sm
