@@ -14,6 +14,10 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("ctep.verify_cli", "check EP gradients against reference gradients"),
     "train": ("ctep.train_cli", "train a network from a TOML config into a run folder"),
+    "dynamics": ("ctep.dynamics_cli", "record a relaxation: trajectories.nc, convergence "
+                 "diagnostics and figures"),
+    "sweep": ("ctep.sweep_cli", "train every point of a grid over a config; one results.nc, "
+              "resumable"),
 }
 
 
