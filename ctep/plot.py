@@ -20,6 +20,15 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _plain_log_ticks(axis) -> None:
+    """Ticks at 1, 2, 5 × 10^k labelled as plain numbers (no crowded minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
                       neurons: Sequence[int] | None = None):
     """States s_i(t) of a few neurons of ``layer`` (1-based), one panel per sample.
@@ -86,24 +95,32 @@ def plot_residual_energy(ds):
     return fig
 
 
-def plot_tau_histogram(tau, bins: int = 30):
-    """Histogram of the time constants, one colour per layer, on log-spaced bins.
+def plot_tau_histogram(tau, bins: int | None = None):
+    """Histogram of the time constants, stacked by layer, on log-spaced bins (default: one bin
+    per four neurons, between 5 and 40).
 
     ``tau`` is a recorded Dataset (variables ``tau_l``), a
     :class:`~ctep.timeconstants.TimeConstants`, or a sequence of per-layer tensors/arrays.
     """
+    from matplotlib.ticker import MaxNLocator
+
     layers = _tau_layers(tau)
     flat = np.concatenate([v for v in layers.values()])
     if flat.size == 0 or not np.all(np.isfinite(flat)) or np.any(flat <= 0):
         raise ValueError("τ must be a non-empty set of positive finite values")
     lo, hi = float(flat.min()), float(flat.max())
+    bins = int(np.clip(flat.size // 4, 5, 40)) if bins is None else int(bins)
+    if bins < 1:
+        raise ValueError(f"bins must be ≥ 1, got {bins}")
     edges = np.geomspace(lo, hi, bins + 1) if hi > lo * 1.0001 else np.array(
         [lo * 0.95, lo * 1.05])
     fig = _figure(5.0, 3.4)
     ax = fig.subplots()
     ax.hist(list(layers.values()), bins=edges, stacked=True, label=list(layers))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if edges.size > 2:
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("τ")
     ax.set_ylabel("neurons")
     ax.set_title(f"{flat.size} neurons: τ from {lo:.3g} to {hi:.3g} (mean {flat.mean():.3g})",
@@ -130,10 +147,12 @@ def plot_time_to_convergence_vs_tau(ds, tol: float | None = None):
         ok = np.isfinite(med) & (med > 0)
         missing += int((~np.isfinite(med)).sum())
         ax.loglog(ds[f"tau_{i}"].values[ok], med[ok], "o", ms=3, alpha=0.8, label=f"layer {i}")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("τ of the neuron")
     ax.set_ylabel("time to |τ ds/dt| ≤ tol (median over samples)")
-    ax.set_title(f"tol {tt.attrs['tol']:g}" + (f"; {missing} neurons never reach it"
-                                              if missing else ""), fontsize=9)
+    never = f"; {missing} neurons never reach it" if missing > 1 else "; 1 neuron never does"
+    ax.set_title(f"tol {tt.attrs['tol']:g}" + (never if missing else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return fig

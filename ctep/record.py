@@ -44,8 +44,8 @@ import json
 import math
 import os
 import pathlib
-import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 
 import torch
 import torchdiffeq
@@ -320,23 +320,28 @@ def check_layer(ds, layer: int) -> None:
                          f"got {layer!r}")
 
 
-def save_dataset(ds, path: str | os.PathLike) -> pathlib.Path:
-    """Write ``ds`` to netCDF at ``path`` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed over ``path`` (a reader never sees a half-written file)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], object]
+                 ) -> pathlib.Path:
+    """Call ``write(tmp)`` on a temporary path in the folder of ``path``, flush the file to
+    disk and rename it over ``path`` (atomic on POSIX): a reader never sees a half-written
+    file, and a failed write leaves the old one in place."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        ds.to_netcdf(tmp, engine="netcdf4")
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
+
+
+def save_dataset(ds, path: str | os.PathLike) -> pathlib.Path:
+    """Write ``ds`` to netCDF (netCDF4 engine) at ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def load_dataset(path: str | os.PathLike):
