@@ -1,0 +1,172 @@
+"""Figures and tables of the HTS study (docs/hts.md) from the sweeps' results.nc files.
+
+Usage: python examples/hts_report.py OUT [--figures DIR] [--table FILE]
+
+OUT holds one sweep folder per dataset and regime: ``{mnist,fmnist}_{budget,tol}``, each swept
+over ``tau.spread`` x ``optimizer.lr`` x ``seed`` (examples/hts_study.sh). A run *fails* when
+it diverged or collapsed (ctep.sweep); an (lr, spread) cell *trains* when none of its seeds
+failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+
+import numpy as np
+import xarray as xr
+
+DATASETS = (("mnist", "MNIST"), ("fmnist", "Fashion-MNIST"))
+REGIMES = (("budget", "(a) fixed budget, 20 + 2x8 map steps"),
+           ("tol", "(b) to tolerance 1e-3"))
+
+
+def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
+    """The results Dataset of every sweep folder present under ``out``."""
+    found = {}
+    for ds, _ in DATASETS:
+        for regime, _ in REGIMES:
+            path = out / f"{ds}_{regime}" / "results.nc"
+            if path.exists():
+                found[(ds, regime)] = xr.load_dataset(path)
+    if not found:
+        raise SystemExit(f"no results.nc under {out}/<dataset>_<regime>/")
+    return found
+
+
+def cell_stats(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Per (spread, lr): runs finished, failed fraction, accuracy mean and std over seeds."""
+    fin = ds["finished"] == 1
+    failed = ((ds["diverged"] == 1) | (ds["collapsed"] == 1)) & fin
+    acc = ds["final_test_acc"].where(fin)
+    ok_acc = acc.where(~failed)
+    return {"n": fin.sum("seed"), "failed": failed.sum("seed"),
+            "diverged": ((ds["diverged"] == 1) & fin).sum("seed"),
+            "mean": ok_acc.mean("seed"), "std": ok_acc.std("seed", ddof=1),
+            "nfe": ds["nfe"].isel(epoch=-1).where(fin).mean("seed"),
+            "nonconv": ds["nonconverged"].where(fin).mean("seed")}
+
+
+def largest_training_lr(stats: dict[str, xr.DataArray], spread: float) -> float:
+    """The largest lr at which every finished seed of ``spread`` trained (NaN if none)."""
+    n = stats["n"].sel(tau_spread=spread)
+    bad = stats["failed"].sel(tau_spread=spread)
+    good = [float(lr) for lr in n["optimizer_lr"].values
+            if int(n.sel(optimizer_lr=lr)) > 0 and int(bad.sel(optimizer_lr=lr)) == 0]
+    return max(good) if good else math.nan
+
+
+def table(results: dict[tuple[str, str], xr.Dataset]) -> str:
+    """Markdown: per dataset, regime and spread, failures, accuracy per lr, largest lr."""
+    lines = []
+    for (name, label) in DATASETS:
+        for regime, rlabel in REGIMES:
+            ds = results.get((name, regime))
+            if ds is None:
+                continue
+            st = cell_stats(ds)
+            lrs = [float(v) for v in ds["optimizer_lr"].values]
+            lines += [f"**{label}, {rlabel}** (test accuracy %, mean ± std over the seeds "
+                      "that trained; [k/n] = k of n seeds failed)", "",
+                      "| τ spread | mean step | τmax/τmin | failed (div.) | "
+                      + " | ".join(f"lr {lr:g}" for lr in lrs)
+                      + " | largest lr that trains | mean std | NFE/sample |",
+                      "|---|---|---|---|" + "---|" * len(lrs) + "---|---|---|"]
+            for spread in ds["tau_spread"].values:
+                sp = float(spread)
+                n = int(st["n"].sel(tau_spread=sp).sum())
+                fail = int(st["failed"].sel(tau_spread=sp).sum())
+                div = int(st["diverged"].sel(tau_spread=sp).sum())
+                cells = []
+                for lr in lrs:
+                    at = {"tau_spread": sp, "optimizer_lr": lr}
+                    m, s = float(st["mean"].sel(at)), float(st["std"].sel(at))
+                    k, nn = int(st["failed"].sel(at)), int(st["n"].sel(at))
+                    text = "–" if math.isnan(m) else (f"{100 * m:.1f} ± {100 * s:.1f}"
+                                                      if not math.isnan(s) else f"{100 * m:.1f}")
+                    cells.append(text + (f" [{k}/{nn}]" if k else ""))
+                stds = st["std"].sel(tau_spread=sp).values
+                mean_std = np.nanmean(stds) if np.isfinite(stds).any() else math.nan
+                step = float(ds["mean_step"].sel(tau_spread=sp).mean())
+                ratio = float(ds["tau_ratio"].sel(tau_spread=sp).mean())
+                nfe = float(st["nfe"].sel(tau_spread=sp).mean())
+                lines.append(f"| {sp:g} | {step:.3f} | {ratio:.0f} | {fail}/{n} ({div}) | "
+                             + " | ".join(cells)
+                             + f" | {largest_training_lr(st, sp):g} | {100 * mean_std:.1f} | "
+                             f"{nfe:.0f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) -> list[str]:
+    """hts_accuracy.png (accuracy vs lr) and hts_failures.png (failed fraction vs lr)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in ("accuracy", "failures"):
+        fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True, sharey=True, dpi=90)
+        for row, (name, label) in enumerate(DATASETS):
+            for col, (regime, rlabel) in enumerate(REGIMES):
+                ax = axes[row, col]
+                ds = results.get((name, regime))
+                ax.set_title(f"{label}, {rlabel}", fontsize=8)
+                if ds is None:
+                    ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
+                    continue
+                st = cell_stats(ds)
+                lrs = ds["optimizer_lr"].values
+                for i, spread in enumerate(ds["tau_spread"].values):
+                    at = {"tau_spread": float(spread)}
+                    shift = 1 + 0.04 * (i - 1)  # spread the markers apart along lr
+                    if kind == "accuracy":
+                        ax.errorbar(lrs * shift, 100 * st["mean"].sel(at),
+                                    yerr=100 * st["std"].sel(at).fillna(0), marker="o",
+                                    ms=4, capsize=2, label=f"spread {float(spread):g}")
+                    else:
+                        frac = st["failed"].sel(at) / st["n"].sel(at)
+                        ax.plot(lrs * shift, frac, marker="o", ms=4,
+                                label=f"spread {float(spread):g}")
+                ax.set_xscale("log")
+                ax.grid(alpha=0.3)
+                if row == 1:
+                    ax.set_xlabel("learning rate (SGD, momentum 0.9)")
+                if col == 0:
+                    ax.set_ylabel("final test accuracy (%)" if kind == "accuracy"
+                                  else "fraction of seeds failed")
+        axes[0, 0].legend(fontsize=7, title="log-normal τ", title_fontsize=7)
+        fig.suptitle("HTS study: " + ("test accuracy of the runs that trained (mean ± std, "
+                                      "3 seeds)" if kind == "accuracy" else
+                                      "runs that diverged or collapsed"), fontsize=9)
+        fig.tight_layout()
+        path = folder / f"hts_{kind}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=pathlib.Path, help="folder with the sweep folders")
+    parser.add_argument("--figures", type=pathlib.Path, default=None,
+                        help="write hts_accuracy.png and hts_failures.png here")
+    parser.add_argument("--table", type=pathlib.Path, default=None,
+                        help="write the markdown table here (default: print it)")
+    args = parser.parse_args()
+    results = load(args.out)
+    text = table(results)
+    if args.table is not None:
+        args.table.write_text(text)
+    print(text)
+    if args.figures is not None:
+        for path in figures(results, args.figures):
+            print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

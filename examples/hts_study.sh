@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The HTS study of docs/hts.md: four resumable sweeps (MNIST and Fashion-MNIST, fixed budget
+# and to tolerance), then the figures and the table. Rerun to continue after an interruption.
+#   CTEP_DATA=/path/to/torchvision/root bash examples/hts_study.sh [OUT]   (default runs/hts)
+set -euo pipefail
+OUT=${1:-runs/hts}
+CTEP=${CTEP:-.venv/bin/ctep}
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+for regime in budget tol; do
+  for ds in mnist fmnist; do
+    "$CTEP" sweep --config "examples/configs/hts_${ds}_${regime}.toml" \
+      --grid "tau.spread=[0.0,0.5,1.0]" --grid "optimizer.lr=[0.05,0.1,0.2,0.4]" \
+      --grid "seed=[0,1,2]" --out "$OUT/${ds}_${regime}"
+  done
+done
+"$PY" examples/hts_report.py "$OUT" --figures docs/figures --table "$OUT/table.md"
