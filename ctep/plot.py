@@ -14,6 +14,15 @@ import numpy as np
 from .record import check_layer
 
 
+def _time_label(ds) -> str:
+    """"iteration" for the τ-free fixed-point map (its time axis counts iterations)."""
+    import json
+
+    method = ds.attrs.get("method", "")
+    dt = json.loads(ds.attrs.get("relax_config", "{}")).get("dt")
+    return "iteration" if method == "fixed_point" and dt is None else "time t"
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -48,7 +57,8 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
     _check_indices("neurons", neurons, n_neurons)
     tau = ds[f"tau_{layer}"].values
     lo, hi = float(tau.min()), float(tau.max())
-    norm = LogNorm(lo, hi if hi > lo else lo * 1.0001)
+    varied = hi > lo * (1 + 1e-9)
+    norm = LogNorm(lo, hi) if varied else None
     cmap = colormaps["viridis"]
     t = ds["time"].values
     fig = _figure(3.6 * len(samples), 3.2)
@@ -56,14 +66,17 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
     for ax, b in zip(axes, samples, strict=True):
         s = ds[f"s_{layer}"].isel(sample=b).transpose("time", dim).values
         for i in neurons:
-            ax.plot(t, s[:, i], color=cmap(norm(tau[i])), lw=1.2)
+            ax.plot(t, s[:, i], color=cmap(norm(tau[i])) if varied else None, lw=1.2)
         ax.axvline(float(ds["t_stop"].values[b]), color="0.5", ls="--", lw=0.8)
         ax.set_title(f"sample {b}", fontsize=9)
-        ax.set_xlabel("time t")
+        ax.set_xlabel(_time_label(ds))
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(f"state s of layer {layer}")
-    sm = _mappable(cmap, norm)
-    fig.colorbar(sm, ax=list(axes), label="τ of the neuron")
+    if varied:
+        fig.colorbar(_mappable(cmap, norm), ax=list(axes), label="τ of the neuron")
+    else:
+        axes[-1].text(0.98, 0.02, f"τ = {lo:g} for every neuron", transform=axes[-1].transAxes,
+                      ha="right", va="bottom", fontsize=8)
     fig.suptitle(f"relaxation, {ds.attrs.get('method', '?')} (β = "
                  f"{float(ds.attrs.get('beta', 0.0)):g}); dashed: stop", fontsize=10)
     return fig
@@ -85,9 +98,9 @@ def plot_residual_energy(ds):
     if tol > 0:
         ax_r.axhline(tol, color="k", ls=":", lw=1, label=f"tol {tol:g}")
         ax_r.legend(fontsize=8)
-    ax_r.set_xlabel("time t")
+    ax_r.set_xlabel(_time_label(ds))
     ax_r.set_ylabel("residual ‖τ ⊙ ds/dt‖∞")
-    ax_f.set_xlabel("time t")
+    ax_f.set_xlabel(_time_label(ds))
     ax_f.set_ylabel("F(t) − F(t_end)")
     for ax in (ax_r, ax_f):
         ax.grid(True, which="both", alpha=0.3)
@@ -150,7 +163,8 @@ def plot_time_to_convergence_vs_tau(ds, tol: float | None = None):
     _plain_log_ticks(ax.xaxis)
     _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("τ of the neuron")
-    ax.set_ylabel("time to |τ ds/dt| ≤ tol (median over samples)")
+    ax.set_ylabel(f"{_time_label(ds).replace(' t', '')} to |τ ds/dt| ≤ tol (median over "
+                  "samples)")
     never = f"; {missing} neurons never reach it" if missing > 1 else "; 1 neuron never does"
     ax.set_title(f"tol {tt.attrs['tol']:g}" + (never if missing else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
