@@ -346,6 +346,7 @@ def test_example_configs_load_and_build(path):
     """Every shipped config parses, validates, and builds its network and optimizer."""
     cfg = load_config(path, ['data.name="synthetic"', "data.synthetic_features=784",
                              "data.synthetic_classes=10", "data.synthetic_train=8",
-                             "data.synthetic_test=8", "data.train_subset=0"])
+                             "data.synthetic_test=8", "data.train_subset=0",
+                             "data.test_subset=0"])
     trainer = Trainer(cfg)
     assert len(trainer.optimizer.param_groups) >= 1
