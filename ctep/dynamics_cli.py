@@ -252,7 +252,7 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
                             "CONVERGED samples)"},
               "samples": samples}
     path = out / "diagnostics.json"
-    text = json.dumps(report, indent=2) + "\n"
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     written.append(path)
     figures = {"trajectories": plot_trajectories(ds, 1, neurons=_spread_neurons(ds)),
