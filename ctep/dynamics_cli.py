@@ -219,7 +219,7 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     written = [save_dataset(ds, out / "trajectories.nc")]
-    mono = energy_monotone(ds, rtol=1e-10)
+    mono = energy_monotone(ds)
     ttol = time_to_tolerance(ds)
     n = sum(int(t.numel()) for t in field.tau())
     final = tuple(layer_states(ds, i)[-1] for i in range(1, int(ds.attrs["layers"]) + 1))

@@ -142,6 +142,19 @@ def test_energy_increase_is_detected_for_large_steps():
     assert bool(energy_monotone(small)["monotone"].all())
 
 
+def test_energy_monotone_allows_the_round_off_of_the_dtype():
+    f = np.array([[2.0], [1.0], [1.0 + 1e-7], [0.5]])
+    ds = xr.Dataset({"energy": (("time", "sample"), f)}, coords={"time": [0, 1, 2, 3],
+                                                                  "sample": [0]})
+    ds.attrs["dtype"] = "float32"  # 100 ε = 1.2e-5 relative to max |F| = 2
+    assert bool(energy_monotone(ds)["monotone"].all())
+    ds.attrs["dtype"] = "float64"
+    mono = energy_monotone(ds)
+    assert not bool(mono["monotone"].any())
+    assert mono["max_increase"].values[0] == pytest.approx(1e-7, rel=1e-6)
+    assert bool(energy_monotone(ds, atol=2e-7)["monotone"].all())
+
+
 def test_time_to_tolerance_definition():
     t = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
     r = np.array([[1.0, 1.0], [0.1, 1e-7], [2e-7, 1e-7], [5e-7, 1e-7], [1e-8, np.nan]])
