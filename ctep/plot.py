@@ -43,10 +43,13 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
     """States s_i(t) of a few neurons of ``layer`` (1-based), one panel per sample.
 
     Defaults: the first three samples and the first eight neurons of the layer. A dashed line
-    marks the time each sample stopped (``t_stop``); line colour follows the neuron's τ.
+    marks each sample's time to tolerance (the residual stays ≤ tol from there on, see
+    :func:`ctep.diagnostics.time_to_tolerance`); line colour follows the neuron's τ.
     """
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
+
+    from .diagnostics import time_to_tolerance
 
     check_layer(ds, layer)
     dim = f"neuron_{layer}"
@@ -61,13 +64,15 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
     norm = LogNorm(lo, hi) if varied else None
     cmap = colormaps["viridis"]
     t = ds["time"].values
+    t_tol = time_to_tolerance(ds)["t_tol"].values
     fig = _figure(3.6 * len(samples), 3.2)
     axes = fig.subplots(1, len(samples), squeeze=False, sharey=True)[0]
     for ax, b in zip(axes, samples, strict=True):
         s = ds[f"s_{layer}"].isel(sample=b).transpose("time", dim).values
         for i in neurons:
             ax.plot(t, s[:, i], color=cmap(norm(tau[i])) if varied else None, lw=1.2)
-        ax.axvline(float(ds["t_stop"].values[b]), color="0.5", ls="--", lw=0.8)
+        if np.isfinite(t_tol[b]):
+            ax.axvline(float(t_tol[b]), color="0.5", ls="--", lw=0.8)
         ax.set_title(f"sample {b}", fontsize=9)
         ax.set_xlabel(_time_label(ds))
         ax.grid(True, alpha=0.3)
@@ -78,7 +83,8 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
         axes[-1].text(0.98, 0.02, f"τ = {lo:g} for every neuron", transform=axes[-1].transAxes,
                       ha="right", va="bottom", fontsize=8)
     fig.suptitle(f"relaxation, {ds.attrs.get('method', '?')} (β = "
-                 f"{float(ds.attrs.get('beta', 0.0)):g}); dashed: stop", fontsize=10)
+                 f"{float(ds.attrs.get('beta', 0.0)):g}); dashed: residual ≤ tol "
+                 f"{float(ds.attrs.get('tol', 0.0)):g} from here on", fontsize=10)
     return fig
 
 
