@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+#: ctep's per-sample adaptive integrators (ctep.solve.adaptive: own step size per sample)
+ADAPTIVE_METHODS = ("rk23", "etd2")
 #: ctep's own batched loops (τ-aware where it matters, per-sample stopping, no torchdiffeq)
-LOOP_METHODS = ("fixed_point", "exp_euler")
+LOOP_METHODS = ("fixed_point", "exp_euler", *ADAPTIVE_METHODS)
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,10 @@ class RelaxConfig:
             when ``dt`` is None, per-neuron h_i = min(1, damping·dt/τ_i) when it is set),
             ``"exp_euler"``
             (exponential Euler with per-neuron factor h = 1 − exp(−dt/τ), exact for the unit
-            leak −s/τ), or any torchdiffeq method (``dopri5``, ``bosh3``, ``adaptive_heun``,
+            leak −s/τ), ``"rk23"`` / ``"etd2"`` (per-sample adaptive Bogacki–Shampine 3(2)
+            and exponential ETD2RK/ETD1 pairs, :mod:`ctep.solve.adaptive`: ``dt`` is their
+            first step, ``rtol``/``atol`` their error tolerances, ``max_time`` their time cap),
+            or any torchdiffeq method (``dopri5``, ``bosh3``, ``adaptive_heun``,
             ``euler``, ``midpoint``, ``rk4``, ...).
         tol: residual tolerance on ‖τ ⊙ ds/dt‖∞ (= ‖∂F/∂s‖∞ for gradient fields).
         max_steps: loops: iteration cap; torchdiffeq: cap on solver steps within one check window.

@@ -25,7 +25,7 @@ from .._states import (
     unflatten_states,
 )
 from ..dynamics import BoundField
-from .config import LOOP_METHODS, RelaxConfig
+from .config import ADAPTIVE_METHODS, LOOP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
 
 TORCHDIFFEQ_METHODS = tuple(sorted(SOLVERS))
@@ -73,7 +73,11 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
             raise ValueError(f"initial states have batch {s0[0].shape[0]}, inputs have {batch}")
     with torch.no_grad():
         s0 = energy.clamp(tuple(s.detach().clone() for s in s0))
-        if cfg.method in LOOP_METHODS:
+        if cfg.method in ADAPTIVE_METHODS:
+            from .adaptive import relax_adaptive  # adaptive.py imports this module's _Book
+
+            eq = relax_adaptive(field, s0, cfg)
+        elif cfg.method in LOOP_METHODS:
             eq = _relax_loop(field, s0, cfg)
         else:
             eq = _relax_torchdiffeq(field, s0, cfg)

@@ -1,0 +1,348 @@
+"""Per-sample adaptive integrators of τ ⊙ ds/dt = drive(s), with no host synchronisation per step.
+
+Every sample b carries its own time t_b and step size h_b. One step of the whole working batch
+evaluates the embedded pair with the per-sample steps, measures each sample's error in the max
+norm
+
+    err_b = max_i |e_{b,i}| / (atol + rtol · max(|s_{b,i}|, |s'_{b,i}|)),
+
+accepts (``err_b ≤ 1``) or rejects each sample with ``torch.where``, and sets the next step by the
+elementary (I) controller
+
+    h_b ← h_b · clamp(safety · err_b^(−1/(q+1)), min_factor, max_factor)      (q: embedded order)
+
+(the factor is at most 1 after a rejection, and ``min_factor`` after a non-finite error). Nothing
+in a step reads a tensor value on the host: the residual ‖drive‖∞ is checked, and finished
+samples leave the working batch, only every ``check_every`` steps, so a sample's trajectory does
+not depend on the other samples in its batch (unlike torchdiffeq's one step size per batch:
+SOLVER_NOTES.md §1).
+
+Schemes:
+
+- ``rk23``: the Bogacki–Shampine 3(2) pair (FSAL, three evaluations per step) on
+  ds/dt = τ⁻¹ ⊙ drive(s).
+- ``etd2``: the exponential Runge–Kutta pair ETD2RK / ETD1 (Cox & Matthews 2002) on the split
+  ds/dt = (g(s) − s)/τ with g(s) = s + drive(s): the unit leak −s/τ is integrated exactly, so the
+  step is not limited by the fastest τ's leak. With z_i = h/τ_i, φ₁ = 1 − e^{−z}, φ₂ = (e^{−z} −
+  1 + z)/z:
+
+      a  = s + φ₁ ⊙ drive(s)              (exponential Euler, first order)
+      s' = a + φ₂ ⊙ (g(a) − g(s))          (second order);  error estimate e = s' − a.
+
+  For z → ∞ both stages become the fixed-point map (a = g(s), s' → g(a)). Two evaluations per
+  step.
+
+States are projected onto the energy's box after each step (as in the fixed-step loops); the
+last evaluation of a step is made at the projected state and serves as the next step's first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._states import States, per_sample_max_abs, select_samples
+from ..dynamics import BoundField
+from .config import RelaxConfig
+from .equilibrium import Equilibrium, Status
+
+#: step-size controller: safety factor and the clamps on the change of h per step
+SAFETY = 0.9
+MIN_FACTOR = 0.2
+MAX_FACTOR = 10.0
+#: a sample whose step falls below this fraction of τ_min (after rejections) has failed
+MIN_STEP_FRACTION = 1e-12
+#: steps never exceed this multiple of τ_max (keeps h finite when the error estimate is 0)
+MAX_STEP_FACTOR = 1e15
+
+
+class _Scheme:
+    """An embedded pair: :meth:`step` returns (s', drive(s'), error estimate)."""
+
+    name: str
+    evals_per_step: int
+    embedded_order: int  # q: the error estimate is O(h^(q+1))
+
+    def step(self, field: BoundField, s: States, d: States, h: Tensor
+             ) -> tuple[States, States, States]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _BogackiShampine(_Scheme):
+    """Bogacki–Shampine 3(2): b = (2/9, 1/3, 4/9, 0), b̂ = (7/24, 1/4, 1/3, 1/8), FSAL."""
+
+    name = "rk23"
+    evals_per_step = 3
+    embedded_order = 2
+
+    def step(self, field: BoundField, s: States, d: States, h: Tensor
+             ) -> tuple[States, States, States]:
+        it = field.inv_tau
+        hs = tuple(_column(h, x) for x in s)
+        k1 = tuple(di * i for di, i in zip(d, it, strict=True))
+        k2 = _rate(field, tuple(x + 0.5 * hh * k for x, hh, k in zip(s, hs, k1, strict=True)))
+        k3 = _rate(field, tuple(x + 0.75 * hh * k for x, hh, k in zip(s, hs, k2, strict=True)))
+        new = field.energy.clamp(tuple(
+            x + hh * (2 / 9 * a + 1 / 3 * b + 4 / 9 * c)
+            for x, hh, a, b, c in zip(s, hs, k1, k2, k3, strict=True)))
+        d4 = field.drive(new)
+        k4 = tuple(di * i for di, i in zip(d4, it, strict=True))
+        err = tuple(hh * (-5 / 72 * a + 1 / 12 * b + 1 / 9 * c - 1 / 8 * e)
+                    for hh, a, b, c, e in zip(hs, k1, k2, k3, k4, strict=True))
+        return new, d4, err
+
+
+class _ExponentialRK2(_Scheme):
+    """ETD2RK with the embedded exponential Euler step (leak −s/τ exact)."""
+
+    name = "etd2"
+    evals_per_step = 2
+    embedded_order = 1
+
+    def step(self, field: BoundField, s: States, d: States, h: Tensor
+             ) -> tuple[States, States, States]:
+        z = tuple(_column(h, x) * i for x, i in zip(s, field.inv_tau, strict=True))
+        phi1 = tuple(-torch.expm1(-zz) for zz in z)
+        phi2 = tuple(_phi2(zz) for zz in z)
+        a = tuple(x + p * di for x, p, di in zip(s, phi1, d, strict=True))
+        da = field.drive(a)
+        # g(a) − g(s) = (a + d_a) − (s + d_s)
+        corr = tuple(p * (ai + dai - x - di)
+                     for p, ai, dai, x, di in zip(phi2, a, da, s, d, strict=True))
+        new = field.energy.clamp(tuple(ai + c for ai, c in zip(a, corr, strict=True)))
+        return new, field.drive(new), corr
+
+
+SCHEMES: dict[str, _Scheme] = {c.name: c() for c in (_BogackiShampine, _ExponentialRK2)}
+
+
+def _phi2(z: Tensor) -> Tensor:
+    """φ₂(z) = (e^{−z} − 1 + z)/z for z ≥ 0: its Taylor series Σ_{k=1}^{10} (−z)^(k−1)·z/(k+1)!
+    below z = 0.1 (no cancellation; truncation below 1e-18 relative), (expm1(−z) + z)/z up to
+    1, and 1 + expm1(−z)/z beyond (exact at z = ∞)."""
+    small = z < 0.1
+    mid = z <= 1
+    zs = torch.where(small, torch.ones_like(z), z)
+    series = torch.zeros_like(z)
+    for k in range(10, 0, -1):  # Horner: z/2! − z²/3! + z³/4! − ...
+        series = z * (1 / math.factorial(k + 1) - series)
+    middle = (torch.expm1(-zs) + zs) / zs
+    large = 1 + torch.expm1(-zs) / zs
+    return torch.where(small, series, torch.where(mid, middle, large))
+
+
+def _column(h: Tensor, like: Tensor) -> Tensor:
+    """Per-sample ``h`` shaped to broadcast over ``like`` (batch first), in its real dtype."""
+    real = like.real.dtype if like.is_complex() else like.dtype
+    return h.to(real).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _rate(field: BoundField, s: States) -> States:
+    """ds/dt = τ⁻¹ ⊙ drive(s)."""
+    return tuple(di * i for di, i in zip(field.drive(s), field.inv_tau, strict=True))
+
+
+def error_norm(err: States, s: States, new: States, rtol: float, atol: float) -> Tensor:
+    """err_b = max_i |e_i| / (atol + rtol · max(|s_i|, |s'_i|)) per sample, float64 ``(B,)``."""
+    per_layer = [
+        (e.abs() / (atol + rtol * torch.maximum(x.abs(), n.abs()))).reshape(e.shape[0], -1)
+        .amax(dim=1) for e, x, n in zip(err, s, new, strict=True)]
+    return torch.stack(per_layer).amax(dim=0).to(torch.float64)
+
+
+def step_factor(err: Tensor, embedded_order: int) -> Tensor:
+    """The I controller's factor clamp(safety · err^(−1/(q+1)), min, max), at most 1 after a
+    rejection (err > 1) and ``MIN_FACTOR`` after a non-finite error."""
+    fac = SAFETY * err.clamp_min(1e-300).pow(-1.0 / (embedded_order + 1))
+    fac = fac.clamp(MIN_FACTOR, MAX_FACTOR)
+    fac = torch.where(err > 1, fac.clamp_max(1.0), fac)
+    return torch.where(torch.isfinite(err), fac, torch.full_like(fac, MIN_FACTOR))
+
+
+def initial_step(field: BoundField, s: States, d: States, order: int, rtol: float,
+                 atol: float) -> Tensor:
+    """Per-sample first step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), one evaluation.
+
+    d₀ = ‖s‖/sc, d₁ = ‖f(s)‖/sc, h₀ = 0.01·d₀/d₁ (1e-6 when either is below 1e-5); after an
+    Euler step of h₀, d₂ = ‖f(s + h₀f) − f(s)‖/(sc·h₀) and
+    h = min(100·h₀, (0.01/max(d₁, d₂))^(1/(p+1))) with p the scheme's order, sc = atol + rtol·|s|.
+    """
+    f0 = tuple(di * i for di, i in zip(d, field.inv_tau, strict=True))
+    sc = tuple(atol + rtol * x.abs() for x in s)
+    d0 = per_sample_max_abs(tuple(x / c for x, c in zip(s, sc, strict=True))).to(torch.float64)
+    d1 = per_sample_max_abs(tuple(f / c for f, c in zip(f0, sc, strict=True))).to(torch.float64)
+    tiny = (d0 < 1e-5) | (d1 < 1e-5) | ~torch.isfinite(d1)
+    h0 = torch.where(tiny, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
+    s1 = tuple(x + _column(h0, x) * f for x, f in zip(s, f0, strict=True))
+    f1 = _rate(field, s1)
+    d2 = per_sample_max_abs(tuple((a - b) / c for a, b, c in zip(f1, f0, sc, strict=True)))
+    d2 = d2.to(torch.float64) / h0
+    big = torch.maximum(d1, d2)
+    h1 = torch.where(big <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / big.clamp_min(1e-300)).pow(1.0 / (order + 1)))
+    h = torch.minimum(100 * h0, h1)
+    return torch.where(torch.isfinite(h) & (h > 0), h, torch.full_like(h, 1e-6))
+
+
+def tolerances(cfg: RelaxConfig) -> tuple[float, float]:
+    """(rtol, atol): the config's, or rtol = min(1e-3, tol) and atol = tol/10 (as for
+    torchdiffeq; floored at 1e-13 and 1e-15)."""
+    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
+    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    if not (rtol >= 0 and atol >= 0 and rtol + atol > 0 and math.isfinite(rtol + atol)):
+        raise ValueError(f"rtol and atol must be finite, ≥ 0 and not both 0; got rtol {rtol}, "
+                         f"atol {atol}")
+    return rtol, atol
+
+
+class _Stepper:
+    """The working batch of an adaptive integration: states, drives, per-sample t and h."""
+
+    def __init__(self, scheme: _Scheme, field: BoundField, s: States, rtol: float, atol: float,
+                 h0: float | None) -> None:
+        self.scheme, self.field, self.rtol, self.atol = scheme, field, rtol, atol
+        self.h_max = MAX_STEP_FACTOR * max(float((1 / it).max()) for it in field.inv_tau)
+        self.s = s
+        self.d = field.drive(s)
+        batch = s[0].shape[0]
+        self.t = torch.zeros(batch, dtype=torch.float64, device=s[0].device)
+        self.nfe = 1
+        if h0 is None:
+            self.h = initial_step(field, s, self.d, scheme.embedded_order + 1, rtol, atol)
+            self.nfe += 1
+        else:
+            self.h = torch.full_like(self.t, h0)
+        self.rejected = torch.zeros(batch, dtype=torch.int64, device=s[0].device)
+
+    def step(self, t_end: Tensor | float) -> None:
+        """One attempted step of every working sample, clipped so that no t passes ``t_end``."""
+        h = torch.minimum(self.h, (t_end - self.t).clamp_min(0.0))
+        new, d_new, err = self.scheme.step(self.field, self.s, self.d, h)
+        self.nfe += self.scheme.evals_per_step
+        norm = error_norm(err, self.s, new, self.rtol, self.atol)
+        ok = norm <= 1  # False for NaN
+        self.s = select_samples(ok, new, self.s)
+        self.d = select_samples(ok, d_new, self.d)
+        self.t = self.t + torch.where(ok, h, torch.zeros_like(h))
+        self.rejected = self.rejected + (~ok).to(self.rejected.dtype)
+        frozen = h <= 0  # at t_end: keep the step size for nothing, do not shrink it to zero
+        grown = (h * step_factor(norm, self.scheme.embedded_order)).clamp_max(self.h_max)
+        self.h = torch.where(frozen, self.h, grown)
+
+    def keep(self, mask: Tensor, field: BoundField) -> None:
+        """Restrict the working batch to the samples in ``mask``."""
+        self.s = tuple(x[mask] for x in self.s)
+        self.d = tuple(x[mask] for x in self.d)
+        self.t, self.h, self.rejected = self.t[mask], self.h[mask], self.rejected[mask]
+        self.field = field
+
+
+def relax_adaptive(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
+    """Relax with a per-sample adaptive scheme (``cfg.method`` in ``rk23``, ``etd2``).
+
+    The residual ‖drive‖∞ is read every ``check_every`` steps (0: only after ``max_steps``); a
+    sample stops when it is ≤ tol (CONVERGED), when its states are non-finite or beyond
+    ``diverge_at`` (DIVERGED), when its time reaches ``max_time`` (MAX_STEPS, default
+    500·τ_max; ``math.inf`` leaves ``max_steps`` as the only cap), or when its step underflows
+    below 1e-12·τ_min (SOLVER_FAILED). ``dt`` sets every sample's first step (default: the
+    per-sample heuristic of :func:`initial_step`, one evaluation). ``t`` is each sample's own
+    time; ``nfe`` and ``steps`` count attempted steps (rejected ones included).
+    """
+    from .relax import _Book, _finish, _sub_field  # relax dispatches here: import late
+
+    if cfg.method not in SCHEMES:
+        raise ValueError(f"unknown adaptive method {cfg.method!r}; known: {', '.join(SCHEMES)}")
+    if cfg.record:
+        raise ValueError(f"record=True is not available with {cfg.method!r}: each sample has "
+                         "its own time, so there are no common check times; use exp_euler or a "
+                         "torchdiffeq method to record a trajectory")
+    rtol, atol = tolerances(cfg)
+    taus = [1 / it for it in field.inv_tau]
+    tau_max = max(float(t.max()) for t in taus)
+    tau_min = min(float(t.min()) for t in taus)
+    max_time = cfg.max_time if cfg.max_time is not None else 500.0 * tau_max
+    if not max_time > 0:  # math.inf is allowed: max_steps is then the only cap
+        raise ValueError(f"max_time must be positive, got {max_time}")
+    if cfg.dt is not None and not (cfg.dt > 0 and math.isfinite(cfg.dt)):
+        raise ValueError(f"dt (the first step) must be positive and finite, got {cfg.dt}")
+    batch = s0[0].shape[0]
+    book = _Book(s0, False)
+    idx = torch.arange(batch, device=s0[0].device)
+    run = _Stepper(SCHEMES[cfg.method], field, s0, rtol, atol, cfg.dt)
+    check = cfg.check_every if cfg.check_every > 0 else cfg.max_steps + 1
+    h_min = MIN_STEP_FRACTION * tau_min
+    step = 0
+    while True:
+        if step % check == 0 or step == cfg.max_steps:
+            count = (step, run.nfe)
+            r = per_sample_max_abs(run.d)
+            keep = _finish(book, idx, run.s, r, cfg.tol, cfg.diverge_at, 0.0, count)
+            book.t[idx[~keep]] = run.t[~keep]
+            failed = keep & (run.h < h_min)
+            out_of_time = keep & (run.t >= max_time)
+            stop = (keep if step == cfg.max_steps else failed | out_of_time)
+            if bool(stop.any()):  # status stays MAX_STEPS except for step underflow
+                si = idx[stop]
+                book.write(si, tuple(x[stop] for x in run.s), r[stop], 0.0, count)
+                book.t[si] = run.t[stop]
+                book.status[idx[failed]] = int(Status.SOLVER_FAILED)
+                keep = keep & ~stop
+            if not bool(keep.all()):
+                idx = idx[keep]
+                run.keep(keep, _sub_field(field, idx, batch))
+            if not idx.numel():
+                break
+        run.step(max_time)
+        step += 1
+    message = ""
+    n_failed = int((book.status == int(Status.SOLVER_FAILED)).sum())
+    if n_failed:
+        message = (f"{n_failed} sample(s) stopped on a step below {h_min:.3g} "
+                   f"(1e-12·τ_min) after repeated rejections")
+    return book.result(cfg.method, cfg.tol, message)
+
+
+@dataclass
+class Integration:
+    """States of every sample at ``t_end``, with its counters (batch first)."""
+
+    states: States
+    t: Tensor
+    nfe: int
+    steps: int
+    rejected: Tensor
+
+
+def integrate_adaptive(field: BoundField, s0: States, t_end: float, *, method: str = "rk23",
+                       rtol: float = 1e-6, atol: float = 1e-8, first_step: float | None = None,
+                       max_steps: int = 100_000) -> Integration:
+    """Integrate every sample from t = 0 to ``t_end`` with its own step sizes (no stopping on
+    the residual); the last step of each sample is clipped to land on ``t_end``.
+
+    Raises:
+        ValueError: bad arguments.
+        RuntimeError: some sample had not reached ``t_end`` after ``max_steps`` steps.
+    """
+    if method not in SCHEMES:
+        raise ValueError(f"unknown adaptive method {method!r}; known: {', '.join(SCHEMES)}")
+    if not (t_end > 0 and math.isfinite(t_end)):
+        raise ValueError(f"t_end must be positive and finite, got {t_end}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be ≥ 1, got {max_steps}")
+    rtol, atol = tolerances(RelaxConfig(rtol=rtol, atol=atol))
+    with torch.no_grad():
+        s = field.energy.clamp(tuple(x.detach().clone() for x in s0))
+        run = _Stepper(SCHEMES[method], field, s, rtol, atol, first_step)
+        steps = 0
+        while steps < max_steps:
+            run.step(t_end)
+            steps += 1
+            if steps % 16 == 0 and bool((run.t >= t_end).all()):
+                break
+        if not bool((run.t >= t_end).all()):
+            raise RuntimeError(f"{int((run.t < t_end).sum())} sample(s) did not reach t = "
+                               f"{t_end:g} within {max_steps} steps")
+    return Integration(run.s, run.t, run.nfe, steps, run.rejected)

@@ -1,0 +1,205 @@
+"""Per-sample adaptive integrators (ctep.solve.adaptive): equilibria, independence of samples,
+trajectories against torchdiffeq, statuses, the controller, and no host sync per step."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal, getcontext
+
+import pytest
+import torch
+import torchdiffeq
+from conftest import diverging_problem, max_diff, problem
+
+from ctep import RelaxConfig, Status, relax
+from ctep.solve import adaptive
+from ctep.solve.adaptive import (
+    MAX_FACTOR,
+    MIN_FACTOR,
+    integrate_adaptive,
+    step_factor,
+)
+
+METHODS = ("rk23", "etd2")
+
+
+def settings(method: str, tol: float, field) -> dict:
+    """rk23 at its default (time-accurate) tolerances; etd2 in the equilibrium-seeking setting
+    of docs/performance.md (loose local error, a first step of 10·τ_max, no time cap): at
+    default tolerances its first-order error estimate makes it cost thousands of evaluations
+    at tol 1e-6 on these nets (measured: ~5000)."""
+    if method == "rk23":
+        return dict(method=method, tol=tol)
+    tau_max = max(float(t.max()) for t in field.tau())
+    return dict(method=method, tol=tol, rtol=1.0, atol=tol / 10, dt=10 * tau_max,
+                max_time=math.inf)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("spread", [0.0, 1.0])
+def test_reaches_the_newton_polished_equilibrium(method, spread):
+    tau = "constant" if spread == 0 else "lognormal"
+    field, x, _ = problem(activation="tanh", tau=tau, tau_spread=spread)
+    bound = field.bind(x)
+    ref = relax(bound, method="fixed_point", tol=1e-10, polish=3)
+    assert float(ref.residual.max()) < 1e-13
+    tol = 1e-9 if method == "rk23" else 1e-11
+    eq = relax(bound, check_every=3, max_steps=20_000, **settings(method, tol, field))
+    assert bool(eq.converged.all()), eq.status
+    assert float(eq.residual.max()) <= tol
+    assert max_diff(eq.states, ref.states) < 10 * tol
+    assert (eq.t > 0).all() and (eq.nfe > 2).all()
+    # every working sample spent the same evaluations per attempted step
+    per_step = adaptive.SCHEMES[method].evals_per_step
+    assert torch.equal(eq.nfe, 2 - (method == "etd2") + per_step * eq.steps)
+
+
+def test_etd2_at_default_tolerances_and_rk23_loose_diverging():
+    """etd2 also converges at its default (tight) tolerances, at a cost; rk23 with loose
+    tolerances is not stable near the equilibrium and reports it."""
+    field, x, _ = problem(activation="tanh", batch=2)
+    eq = relax(field.bind(x), method="etd2", tol=1e-5, check_every=5, max_steps=20_000)
+    assert bool(eq.converged.all()) and int(eq.nfe.min()) > 100
+    bad = relax(field.bind(x), method="rk23", tol=1e-10, rtol=1.0, atol=1e-11, dt=10.0,
+                max_time=math.inf, check_every=5, max_steps=20_000)
+    assert not bool(bad.converged.any())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_samples_do_not_depend_on_their_batch(method):
+    """With a fixed budget (no sample leaves the batch) a sample's path is bit for bit the same
+    in any batch, next to stiff neighbours too. When finished samples leave, the matrix
+    products of the smaller batch may round differently (measured: 5.6e-17 on the first step
+    after a removal), and the accept/reject decisions can carry that to the tolerance."""
+    field, x, _ = problem(activation="tanh", tau="lognormal", tau_spread=0.8, batch=6)
+    budget = RelaxConfig(check_every=0, max_steps=400, **settings(method, 1e-8, field))
+    whole = relax(field.bind(x), config=budget)
+    part = relax(field.bind(x[2:5]), config=budget)
+    assert max_diff(tuple(s[2:5] for s in whole.states), part.states) == 0.0
+    assert torch.equal(whole.t[2:5], part.t)
+    # stiff neighbours: inputs 50 times larger (saturated, far-away equilibria, other steps)
+    x2 = x.clone()
+    x2[1:] *= 50.0
+    mixed = relax(field.bind(x2), config=budget)
+    assert max_diff(tuple(s[:1] for s in mixed.states), tuple(s[:1] for s in whole.states)) == 0
+    assert float(mixed.t[0]) == float(whole.t[0])
+    assert not torch.equal(mixed.t[1:], whole.t[1:])
+    # with per-sample stopping: the same equilibrium to the tolerance, each sample converged
+    cfg = budget.replace(check_every=4, max_steps=20_000)
+    whole = relax(field.bind(x), config=cfg)
+    mixed = relax(field.bind(x2), config=cfg)
+    assert bool(whole.converged.all()) and bool(mixed.converged.all())
+    assert max_diff(tuple(s[:1] for s in mixed.states), tuple(s[:1] for s in whole.states)) < 1e-7
+
+
+@pytest.mark.parametrize("method,rtol", [("rk23", 1e-7), ("etd2", 1e-4)])
+def test_trajectory_matches_dopri5_at_a_fixed_time(method, rtol):
+    """At t = 3 (before equilibrium) the states agree with a tight dopri5 solve to within
+    10 × rtol (measured: 0.35·rtol for rk23, 0.027·rtol for etd2, over rtol 1e-9 to 1e-3), and
+    a 100 times looser tolerance is further off."""
+    field, x, _ = problem(activation="tanh", tau="lognormal", tau_spread=0.5)
+    bound_field = field.bind(x)
+    s0 = field.energy.init_states(x.shape[0], dtype=torch.float64)
+    out = integrate_adaptive(bound_field, s0, 3.0, method=method, rtol=rtol, atol=1e-2 * rtol)
+    assert (out.t == 3.0).all()
+    ref = torchdiffeq.odeint(bound_field, s0, torch.tensor([0.0, 3.0], dtype=torch.float64),
+                             method="dopri5", rtol=1e-12, atol=1e-14)
+    ref = tuple(r[-1] for r in ref)
+    moved = max_diff(ref, s0)
+    assert moved > 0.1  # the check is made well before the equilibrium
+    assert max_diff(out.states, ref) < 10 * rtol
+    loose = integrate_adaptive(bound_field, s0, 3.0, method=method, rtol=100 * rtol,
+                               atol=rtol)
+    assert max_diff(loose.states, ref) > max_diff(out.states, ref)
+
+
+def test_diverging_and_nan_samples_get_diverged():
+    f, xx = diverging_problem()
+    for method in METHODS:
+        eq = relax(f.bind(xx), check_every=5, max_steps=5000, **settings(method, 1e-4, f))
+        assert int(eq.status[0]) == Status.DIVERGED, method
+        assert int(eq.status[1]) == Status.CONVERGED, method
+    # a NaN in one sample's warm start: that sample is DIVERGED, the others are untouched
+    field, x, _ = problem(activation="tanh")
+    s0 = field.energy.init_states(x.shape[0], dtype=torch.float64)
+    s0[0][2, 0] = math.nan
+    for method in METHODS:
+        cfg = RelaxConfig(check_every=0, max_steps=400, **settings(method, 1e-6, field))
+        eq = relax(field.bind(x), s0, config=cfg)
+        assert int(eq.status[2]) == Status.DIVERGED, method
+        assert bool(eq.converged[[0, 1, 3]].all()), method
+        clean = relax(field.bind(x[:2]), tuple(s[:2] for s in s0), config=cfg)
+        assert max_diff(tuple(s[:2] for s in eq.states), clean.states) == 0.0
+
+
+def test_time_cap_step_cap_and_bad_arguments():
+    field, x, _ = problem(activation="tanh")
+    bound = field.bind(x)
+    capped = relax(bound, method="rk23", tol=1e-14, rtol=1e-6, atol=1e-8, max_time=0.5)
+    assert (capped.status == Status.MAX_STEPS).all() and (capped.t == 0.5).all()
+    assert torch.allclose(capped.residual, bound.residual(capped.states), rtol=0, atol=1e-15)
+    few = relax(bound, method="etd2", tol=1e-14, max_steps=3, check_every=0)
+    assert (few.status == Status.MAX_STEPS).all() and (few.steps == 3).all()
+    with pytest.raises(ValueError, match="record"):
+        relax(bound, method="rk23", record=True)
+    with pytest.raises(ValueError, match="first step"):
+        relax(bound, method="etd2", dt=-1.0)
+    with pytest.raises(ValueError, match="rtol and atol"):
+        relax(bound, method="rk23", rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match="max_time"):
+        relax(bound, method="rk23", max_time=0.0)
+    s0 = field.energy.init_states(x.shape[0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown adaptive method 'rk45'"):
+        integrate_adaptive(bound, s0, 1.0, method="rk45")
+    with pytest.raises(ValueError, match="t_end"):
+        integrate_adaptive(bound, s0, math.inf)
+    with pytest.raises(RuntimeError, match="did not reach"):
+        integrate_adaptive(bound, s0, 50.0, rtol=1e-12, atol=1e-14, max_steps=5)
+
+
+def test_controller_factor():
+    err = torch.tensor([0.0, 1e-3, 0.5, 1.0, 2.0, 1e6, math.nan, math.inf], dtype=torch.float64)
+    fac = step_factor(err, embedded_order=2)
+    assert float(fac[0]) == MAX_FACTOR
+    assert math.isclose(float(fac[2]), 0.9 * 0.5 ** (-1 / 3), rel_tol=1e-14)
+    assert (fac[4:6] <= 1).all() and float(fac[5]) == MIN_FACTOR
+    assert float(fac[6]) == MIN_FACTOR and float(fac[7]) == MIN_FACTOR
+    assert ((fac >= MIN_FACTOR) & (fac <= MAX_FACTOR)).all()
+
+
+def test_phi2_is_accurate_on_every_branch():
+    getcontext().prec = 50
+    zs = [1e-12, 1e-6, 1e-3, 0.05, 0.0999, 0.1, 0.5, 1.0, 1.01, 3.0, 40.0, 1e8]
+    got = adaptive._phi2(torch.tensor(zs, dtype=torch.float64))
+    for z, g in zip(zs, got.tolist(), strict=True):
+        d = Decimal(z)
+        exact = float(((-d).exp() - 1 + d) / d)
+        assert math.isclose(g, exact, rel_tol=1e-13), z
+    assert float(adaptive._phi2(torch.tensor([math.inf], dtype=torch.float64))) == 1.0
+    f32 = adaptive._phi2(torch.tensor(zs, dtype=torch.float32)).double()
+    assert torch.allclose(f32, got, rtol=2e-6, atol=0)
+
+
+def test_no_host_synchronisation_between_checks(monkeypatch):
+    """Every host read of a tensor value (bool, item, int, float, tolist, nonzero) is counted:
+    with one check at the end, 60 steps need no more reads than 6 steps."""
+    field, x, _ = problem(activation="tanh", tau="lognormal", tau_spread=0.5)
+    bound = field.bind(x)
+    counts = {"n": 0}
+    for name in ("__bool__", "item", "__int__", "__float__", "tolist", "nonzero", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    reads = {}
+    for method in METHODS:
+        for steps in (6, 60):
+            counts["n"] = 0
+            eq = relax(bound, method=method, tol=1e-30, max_steps=steps, check_every=0,
+                       dt=0.01, max_time=math.inf)
+            reads[method, steps] = counts["n"]
+            assert (eq.steps == steps).all()
+        assert reads[method, 60] == reads[method, 6], reads
