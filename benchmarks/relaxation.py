@@ -1,21 +1,26 @@
 """Relaxation cost per method: wall time and NFE to a residual tolerance.
 
-A 784-256-10 dense net (hard sigmoid, primitive form, default init), batch 64, float64, random
-inputs in [0, 1), relaxed from zero states until every sample's residual ‖τ ⊙ ds/dt‖∞ ≤ tol.
-Homogeneous τ and log-normal τ (coefficient of variation 0.5 and 1.0, mean 1). Seconds are the
-median of ``--repeats`` runs after one warm-up; the last column is the ratio to the fixed-point
-map with the same τ in the same run.
+Dense nets 784-W-10 (hard sigmoid, primitive form, default init), random inputs in [0, 1),
+relaxed from zero states until every sample's residual ‖τ ⊙ ds/dt‖∞ ≤ tol. Homogeneous τ and
+log-normal τ (coefficient of variation 0.5 and 1.0, mean 1). For each (τ, width, batch) every
+method runs once as a warm-up, then ``--repeats`` rounds that time every method in turn
+(interleaved, so a background load hits all methods alike); seconds are the median over the
+rounds and the ratio column divides by the fixed-point map's median from the same rounds.
 
-    python benchmarks/relaxation.py            # full table
-    python benchmarks/relaxation.py --quick --json
+    python benchmarks/relaxation.py                        # the main table (width 256, batch 64)
+    python benchmarks/relaxation.py --widths 64,256,1024 --batches 16,64,256 \\
+        --methods fixed_point,rk23,etd2-loose,dopri5         # the sweep
+    python benchmarks/relaxation.py --quick --json         # < 1 minute, JSON only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -23,65 +28,120 @@ from ctep import DenseHopfield, RelaxConfig, TimeConstants, VectorField, relax
 
 TAUS = {"constant": ("constant", 0.0), "lognormal-0.5": ("lognormal", 0.5),
         "lognormal-1.0": ("lognormal", 1.0)}
-METHODS = ["fixed_point", "exp_euler", "euler", "dopri5", "bosh3"]
 
 
-def measure(field: VectorField, x: torch.Tensor, cfg: RelaxConfig, repeats: int) -> dict:
-    bound = field.bind(x)
-    relax(bound, config=cfg)  # warm-up
-    times = []
+def method_configs(tol: float, tau_max: float, check_every: int
+                   ) -> dict[str, Callable[[], RelaxConfig]]:
+    """Each benchmarked method by its table name: the RelaxConfig it runs with."""
+    base = RelaxConfig(tol=tol, max_steps=100_000, check_every=check_every)
+    return {
+        "fixed_point": lambda: base.replace(method="fixed_point"),
+        "exp_euler": lambda: base.replace(method="exp_euler"),
+        # per-sample adaptive, default tolerances (rtol = min(1e-3, tol), atol = tol/10)
+        "rk23": lambda: base.replace(method="rk23"),
+        "etd2": lambda: base.replace(method="etd2"),
+        # equilibrium-seeking setting: loose local error, first step 10·τ_max, no time cap
+        "etd2-loose": lambda: base.replace(method="etd2", rtol=1.0, atol=tol, dt=10 * tau_max,
+                                           max_time=math.inf),
+        "euler": lambda: base.replace(method="euler"),
+        "dopri5": lambda: base.replace(method="dopri5"),
+        "bosh3": lambda: base.replace(method="bosh3"),
+    }
+
+
+METHODS = ("fixed_point", "exp_euler", "rk23", "etd2", "etd2-loose", "euler", "dopri5", "bosh3")
+QUICK_METHODS = ("fixed_point", "etd2-loose", "rk23", "dopri5")
+
+
+def run_once(bound, cfg: RelaxConfig) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    eq = relax(bound, config=cfg)
+    return time.perf_counter() - t0, eq
+
+
+def measure(energy: DenseHopfield, x: torch.Tensor, tau_name: str, methods: list[str],
+            tol: float, repeats: int, check_every: int) -> list[dict]:
+    """Interleaved timings of ``methods`` on one (τ, net, batch); one row per method."""
+    dtype = x.dtype
+    dist, spread = TAUS[tau_name]
+    tau = TimeConstants.sample(energy.state_shapes, dist, 1.0, spread, seed=2, dtype=dtype)
+    bound = VectorField(energy, "squared_error", tau).bind(x)
+    tau_max = max(float(t.max()) for t in tau())
+    configs = method_configs(tol, tau_max, check_every)
+    cfgs = {m: configs[m]() for m in methods}
+    last = {m: run_once(bound, cfgs[m])[1] for m in methods}  # warm-up
+    times: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        eq = relax(bound, config=cfg)
-        times.append(time.perf_counter() - t0)
-    return {"nfe": float(eq.nfe.double().mean()), "nfe_max": float(eq.nfe.max()),
-            "seconds": statistics.median(times), "residual": float(eq.residual.max()),
-            "converged": float(eq.converged.double().mean())}
+        for m in methods:
+            seconds, last[m] = run_once(bound, cfgs[m])
+            times[m].append(seconds)
+    base = statistics.median(times["fixed_point"]) if "fixed_point" in times else math.nan
+    rows = []
+    for m in methods:
+        eq = last[m]
+        seconds = statistics.median(times[m])
+        rows.append({"method": m, "tau": tau_name, "width": energy.sizes[1],
+                     "batch": x.shape[0], "nfe": float(eq.nfe.double().mean()),
+                     "nfe_max": float(eq.nfe.max()), "seconds": seconds,
+                     "residual": float(eq.residual.max()),
+                     "converged": float(eq.converged.double().mean()),
+                     "ratio": seconds / base})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fixed_point and dopri5, two τ")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{', '.join(QUICK_METHODS)} on two τ, one round (< 1 minute)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--sizes", default="784,256,10")
+    parser.add_argument("--widths", default="256", help="hidden widths W of 784-W-10")
+    parser.add_argument("--batches", default="64", help="batch sizes")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--taus", default=",".join(TAUS))
+    parser.add_argument("--check-every", type=int, default=1,
+                        help="residual checks of ctep's loops (fixed_point, exp_euler, rk23, "
+                             "etd2)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    sizes = [int(v) for v in args.sizes.split(",")]
-    methods = ["fixed_point", "dopri5"] if args.quick else METHODS
-    taus = ["constant", "lognormal-0.5"] if args.quick else list(TAUS)
+    methods = list(QUICK_METHODS) if args.quick else args.methods.split(",")
+    taus = ["constant", "lognormal-0.5"] if args.quick else args.taus.split(",")
+    unknown = sorted(set(methods) - set(METHODS)) + sorted(set(taus) - set(TAUS))
+    if unknown:
+        parser.error(f"unknown method or τ name(s) {unknown}; methods: {', '.join(METHODS)}; "
+                     f"τ: {', '.join(TAUS)}")
+    if "fixed_point" not in methods:
+        methods.insert(0, "fixed_point")  # the baseline of the ratio column
     repeats = 1 if args.quick else args.repeats
-    energy = DenseHopfield(sizes, "hard_sigmoid", seed=0, dtype=dtype)
-    x = torch.rand(args.batch, sizes[0], generator=torch.Generator().manual_seed(1),
-                   dtype=torch.float64).to(dtype)
+    widths = [int(v) for v in args.widths.split(",")]
+    batches = [int(v) for v in args.batches.split(",")]
     results = []
-    for tau_name in taus:
-        dist, spread = TAUS[tau_name]
-        tau = TimeConstants.sample(energy.state_shapes, dist, 1.0, spread, seed=2, dtype=dtype)
-        field = VectorField(energy, "squared_error", tau)
-        base = None
-        for method in methods:
-            cfg = RelaxConfig(method=method, tol=args.tol, max_steps=100_000)
-            r = measure(field, x, cfg, repeats)
-            base = r["seconds"] if method == "fixed_point" else base
-            results.append({"method": method, "tau": tau_name, **r,
-                            "ratio": r["seconds"] / base if base else float("nan")})
+    for width in widths:
+        energy = DenseHopfield([784, width, 10], "hard_sigmoid", seed=0, dtype=dtype)
+        for batch in batches:
+            x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64).to(dtype)
+            for tau_name in taus:
+                results += measure(energy, x, tau_name, methods, args.tol, repeats,
+                                   args.check_every)
     if args.json:
         print(json.dumps({"results": results}))
         return
-    print(f"net {sizes} hard_sigmoid, batch {args.batch}, {args.dtype}, tol {args.tol:g}, "
-          f"{torch.get_num_threads()} threads, median of {repeats}")
-    head = f"{'tau':<15}{'method':<13}{'NFE mean':>10}{'NFE max':>9}{'ms':>10}{'x fixed_pt':>12}" \
-           f"{'residual':>11}{'conv':>6}"
-    print(head)
-    print("-" * len(head))
+    print(f"784-W-10 hard_sigmoid, {args.dtype}, tol {args.tol:g}, check_every "
+          f"{args.check_every}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"median of {repeats} interleaved rounds")
+    print("| W | batch | τ | method | NFE mean | NFE max | ms | × fixed_point | max residual "
+          "| converged |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"{r['tau']:<15}{r['method']:<13}{r['nfe']:>10.1f}{r['nfe_max']:>9.0f}"
-              f"{1e3 * r['seconds']:>10.1f}{r['ratio']:>12.2f}{r['residual']:>11.2e}"
-              f"{r['converged']:>6.2f}")
+        print(f"| {r['width']} | {r['batch']} | {r['tau']} | {r['method']} | {r['nfe']:.1f} | "
+              f"{r['nfe_max']:.0f} | {1e3 * r['seconds']:.1f} | {r['ratio']:.2f} | "
+              f"{r['residual']:.1e} | {r['converged']:.2f} |")
 
 
 if __name__ == "__main__":
