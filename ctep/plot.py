@@ -180,8 +180,13 @@ def plot_time_to_convergence_vs_tau(ds, tol: float | None = None):
 
 def plot_error_vs_beta(ds, reference: str | None = None):
     """Log-log relative error against β, one line per estimator, from a verification report
-    Dataset (:func:`ctep.verify.report_dataset`), and, when the Dataset has GDU curves, a
-    second panel with them (:func:`plot_gdu`); returns the figure."""
+    (the dict of :func:`ctep.verify.run_verification` or its Dataset,
+    :func:`ctep.verify.report_dataset`), and, when it has GDU curves, a second panel with them
+    (:func:`plot_gdu`); returns the figure."""
+    if isinstance(ds, dict):
+        from .verify import report_dataset
+
+        ds = report_dataset(ds)
     ref = reference or str(ds.reference.values[0])
     has_gdu = "gdu_rel_rmse" in ds
     fig = _figure(10 if has_gdu else 5, 4)

@@ -26,7 +26,8 @@ variable       dims                         meaning
 ``tau_l``      neuron_l                     time constants of layer l (float64)
 ``status``     sample                       :class:`ctep.solve.Status` code (int8)
 ``nfe``        sample                       vector-field evaluations (int64)
-``steps``      sample                       iterations (loops) or check windows (torchdiffeq)
+``steps``      sample                       iterations (loops), check windows (torchdiffeq) or
+                                            grid times (torchdiffeq on a time grid)
 ``t_stop``     sample                       time at which the sample stopped
 ``x``          sample, input                inputs, flattened
 ``target``     sample                       targets (when given)
@@ -242,20 +243,27 @@ def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
 
 
 def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float,
-                    states: States) -> tuple[States, Tensor, Tensor]:
+                    states: States, rows: int = 4096) -> tuple[States, Tensor, Tensor]:
     """The drive τ ⊙ ds/dt, the residual ‖drive‖∞ and F = E + β·ℓ at states of shape
-    ``(K, B, *shape_l)`` (all K·B points in one batch)."""
+    ``(K, B, *shape_l)``, evaluated in batches of about ``rows`` (time, sample) points."""
     k, b = states[0].shape[:2]
-    flat = tuple(s.reshape(k * b, *s.shape[2:]) for s in states)
-    xr_ = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
-    yr = None if y is None else y.unsqueeze(0).expand(k, *y.shape).reshape(k * b, *y.shape[1:])
-    bound = BoundField(field, xr_, yr, beta)
-    with torch.no_grad():
-        drive = bound.drive(flat)
-        energy = field.total_energy(xr_, flat, yr, beta)
-    residual = per_sample_max_abs(drive).to(torch.float64)
-    return (tuple(d.reshape(k, b, -1) for d in drive), residual.reshape(k, b),
-            energy.to(torch.float64).reshape(k, b))
+    step = max(1, rows // max(b, 1))
+    drives, residuals, energies = [], [], []
+    for start in range(0, k, step):
+        n = min(step, k - start)
+        flat = tuple(s[start:start + n].reshape(n * b, *s.shape[2:]) for s in states)
+        xs = x.unsqueeze(0).expand(n, *x.shape).reshape(n * b, *x.shape[1:])
+        ys = None if y is None else y.unsqueeze(0).expand(n, *y.shape).reshape(n * b,
+                                                                             *y.shape[1:])
+        bound = BoundField(field, xs, ys, beta)
+        with torch.no_grad():
+            d = bound.drive(flat)
+            energies.append(field.total_energy(xs, flat, ys, beta).to(torch.float64)
+                            .reshape(n, b))
+        residuals.append(per_sample_max_abs(d).to(torch.float64).reshape(n, b))
+        drives.append(tuple(v.reshape(n, b, -1) for v in d))
+    drive = tuple(torch.cat([d[i] for d in drives]) for i in range(len(states)))
+    return drive, torch.cat(residuals), torch.cat(energies)
 
 
 def _to_dataset(field: VectorField, bound: BoundField, times: Tensor, states: States,

@@ -64,6 +64,30 @@ def test_netcdf_round_trip_is_exact(tmp_path):
         load_dataset(tmp_path / "missing.nc")
 
 
+def test_path_quantities_do_not_depend_on_the_chunking():
+    from ctep.record import path_quantities
+
+    field, x, y = net()
+    gen = torch.Generator().manual_seed(2)
+    s = tuple(0.5 * torch.rand(37, 4, *shape, generator=gen, dtype=torch.float64)
+              for shape in field.energy.state_shapes)
+    whole = path_quantities(field, x, y, 0.3, s)
+    pieces = path_quantities(field, x, y, 0.3, s, rows=9)  # 2 times per evaluation
+    # equal up to the batch-size dependence of BLAS round-off
+    assert all(torch.allclose(a, b, rtol=1e-13, atol=1e-15)
+               for a, b in zip(whole[0], pieces[0], strict=True))
+    assert torch.allclose(whole[1], pieces[1], rtol=1e-13, atol=1e-15)
+    assert torch.allclose(whole[2], pieces[2], rtol=1e-13, atol=1e-15)
+    bound = field.bind(x[1:2], y[1:2], 0.3)
+    point = tuple(v[20, 1:2] for v in s)
+    assert torch.allclose(whole[0][0][20, 1], bound.drive(point)[0][0], rtol=1e-13, atol=1e-15)
+    with torch.no_grad():
+        one = field.total_energy(x[1:2], point, y[1:2], 0.3)[0]
+    assert float(whole[2][20, 1]) == pytest.approx(float(one), rel=1e-13, abs=1e-15)
+    d = s[1][20, 1] - s[1][20, 2]
+    assert float(d.abs().max()) > 0.01  # the points differ, so a mixed-up index would show
+
+
 def test_conv_states_are_flattened_with_their_shape_kept(tmp_path):
     energy, in_shape = small_instance("conv", seed=0, dtype=torch.float32)
     field = VectorField(energy)
@@ -258,6 +282,7 @@ def test_plots_build_headless_and_write_png(tmp_path):
     from ctep.verify import report_dataset
 
     figs["beta"] = plot_error_vs_beta(report_dataset(report))
+    figs["beta_dict"] = plot_error_vs_beta(report)
     for name, fig in figs.items():
         assert isinstance(fig, Figure)
         fig.savefig(tmp_path / f"{name}.png")
