@@ -8,7 +8,10 @@ run's ``relax.dt``) for log-normal τ of several spreads (mean rate normalised a
 For each spread and each relaxation — the run's fixed budget of free steps, and to tolerance
 1e-3 and 1e-6 — it prints the test accuracy, the fraction of predictions equal to those of the
 reference (homogeneous τ relaxed to 1e-10), the largest state difference from the reference and
-the mean number of steps. Theory (THEORY §2.1): to tolerance, only the path depends on τ, so
+the mean number of steps. It then estimates the run's EP gradient (its estimator and β) on
+``--grad-samples`` training samples, with the fixed budget of free and nudged steps and to
+tolerance 1e-6, and prints its norm relative to, and its cosine with, the homogeneous gradient
+to tolerance. Theory (THEORY §2.1): to tolerance, only the path depends on τ, so
 states agree with the reference up to about the tolerance and predictions agree except for
 samples whose two highest outputs are that close; with a fixed budget the states are wherever
 the path has got to, and τ changes them.
@@ -22,7 +25,9 @@ import pathlib
 
 import torch
 
-from ctep import VectorField, relax
+from ctep import RelaxConfig, VectorField, relax
+from ctep.estimators import get_estimator
+from ctep.reference import compare
 from ctep.solve import Status
 from ctep.train import load_checkpoint, load_config
 from ctep.train.batches import load_train_data
@@ -46,12 +51,18 @@ def main() -> None:
     parser.add_argument("run", type=pathlib.Path, help="a finished run folder")
     parser.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the τ draws")
+    parser.add_argument("--at-init", action="store_true",
+                        help="use the run's initial weights (its config's seeds) instead of "
+                             "the trained ones")
+    parser.add_argument("--grad-samples", type=int, default=500,
+                        help="training samples of the gradient check (0: skip it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.run / "config.toml")
     data = load_train_data(cfg.data, cfg.model)
     field = build_field(cfg, data.input_shape, data.n_classes)
-    field.load_state_dict(load_checkpoint(args.run / "checkpoint.pt")["model"])
+    if not args.at_init:
+        field.load_state_dict(load_checkpoint(args.run / "checkpoint.pt")["model"])
     energy, cost = field.energy.double(), field.cost.double()
     x, y = data.test.batch(torch.arange(len(data.test)))
     x = x.double()
@@ -68,7 +79,8 @@ def main() -> None:
     ref_out, _, ref_ok = relax_split(field_for(0.0), x, y, dt=dt, steps=20_000, tol=1e-10,
                                      check_every=5)
     ref_pred = cost.predict(ref_out)
-    print(f"run {args.run}: {len(y)} test samples; reference (τ ≡ {cfg.tau.mean:g}, to 1e-10): "
+    print(f"run {args.run} ({'initial' if args.at_init else 'trained'} weights): {len(y)} "
+          f"test samples; reference (τ ≡ {cfg.tau.mean:g}, to 1e-10): "
           f"accuracy {100 * float((ref_pred == y).double().mean()):.2f}%, "
           f"{int(ref_ok.sum())} converged")
     print()
@@ -88,6 +100,44 @@ def main() -> None:
             print(f"| {label} | {spread:g} | {100 * acc:.2f} | {100 * agree:.2f}% | "
                   f"{diff:.1e} | {float(n_steps.mean()):.1f} | "
                   f"{100 * float(ok.double().mean()):.1f}% |")
+    if args.grad_samples > 0:
+        gradient_check(cfg, data, field_for, args.spreads, args.grad_samples, dt)
+
+
+def gradient_check(cfg, data, field_for, spreads, n: int, dt: float) -> None:
+    """EP gradients of one batch of training samples for each τ spread and relaxation, against
+    the homogeneous gradient relaxed to 1e-6."""
+    x, y = data.train.batch(torch.arange(min(n, len(data.train))))
+    x = x.double()
+    r = cfg.relax
+    budget = (RelaxConfig(method="fixed_point", dt=dt, tol=r.tol, check_every=0,
+                          max_steps=r.free_steps),
+              RelaxConfig(method="fixed_point", dt=dt, tol=r.tol, check_every=0,
+                          max_steps=r.nudged_steps))
+    exact = RelaxConfig(method="fixed_point", dt=dt, tol=1e-6, check_every=2, max_steps=20_000)
+    e = cfg.estimator
+
+    def grads(spread: float, phases) -> tuple[torch.Tensor, ...]:
+        est = get_estimator(e.name, e.beta, relax=phases[0], nudged_relax=phases[1],
+                            on_failure="mask")
+        return est(field_for(spread), x, y).grads
+
+    ref = grads(0.0, (exact, exact))
+    ref_norm = float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in ref])))
+    print()
+    print(f"EP gradient ({e.name}, β = {e.beta:g}) on {len(y)} training samples, against the "
+          "homogeneous gradient relaxed to 1e-6:")
+    print()
+    print("| relaxation | τ spread | ‖g‖ / ‖g_ref‖ | cosine(g, g_ref) |")
+    print("|---|---|---|---|")
+    labels = ((f"budget {r.free_steps} + {r.nudged_steps} steps", budget),
+              ("to tol 1e-6", (exact, exact)))
+    for label, phases in labels:
+        for spread in sorted({0.0, *spreads}):
+            g = grads(spread, phases)
+            norm = float(torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in g])))
+            print(f"| {label} | {spread:g} | {norm / ref_norm:.3f} | "
+                  f"{compare(g, ref)['cosine']:.4f} |")
 
 
 if __name__ == "__main__":
