@@ -3,9 +3,12 @@
 Usage: python examples/hts_report.py OUT [--figures DIR] [--table FILE]
 
 OUT holds one sweep folder per dataset and regime: ``{mnist,fmnist}_{budget,tol}``, each swept
-over ``tau.spread`` x ``optimizer.lr`` x ``seed`` (examples/hts_study.sh). A run *fails* when
-it diverged or collapsed (ctep.sweep); an (lr, spread) cell *trains* when none of its seeds
-failed.
+over ``tau.spread`` x ``optimizer.lr`` x ``seed`` (examples/hts_study.sh), plus optional
+``<dataset>_<regime>_<suffix>`` folders with more learning rates. A run *fails* when
+it diverged or collapsed (ctep.sweep: final accuracy within 5 points of chance, or a drop of
+more than 20 points between epochs). An (lr, spread) cell *trains* when none of its seeds
+failed and every seed ended within ``MARGIN`` (10 points) of the panel's best mean accuracy
+(the best cell of that dataset and regime).
 """
 
 from __future__ import annotations
@@ -20,16 +23,23 @@ import xarray as xr
 DATASETS = (("mnist", "MNIST"), ("fmnist", "Fashion-MNIST"))
 REGIMES = (("budget", "(a) fixed budget, 20 + 2x8 map steps"),
            ("tol", "(b) to tolerance 1e-3"))
+#: a cell trains when every seed ends within this of the panel's best mean accuracy
+MARGIN = 0.10
 
 
 def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
-    """The results Dataset of every sweep folder present under ``out``."""
+    """The results of every sweep folder under ``out``; folders ``<dataset>_<regime>_*`` (the
+    same sweep at other learning rates) are joined to ``<dataset>_<regime>`` along lr."""
     found = {}
     for ds, _ in DATASETS:
         for regime, _ in REGIMES:
-            path = out / f"{ds}_{regime}" / "results.nc"
-            if path.exists():
-                found[(ds, regime)] = xr.load_dataset(path)
+            paths = [out / f"{ds}_{regime}" / "results.nc",
+                     *sorted(out.glob(f"{ds}_{regime}_*/results.nc"))]
+            parts = [xr.load_dataset(p) for p in paths if p.exists()]
+            if parts:
+                found[(ds, regime)] = xr.concat(parts, dim="optimizer_lr",
+                                                combine_attrs="drop_conflicts"
+                                                ).sortby("optimizer_lr")
     if not found:
         raise SystemExit(f"no results.nc under {out}/<dataset>_<regime>/")
     return found
@@ -41,7 +51,9 @@ def cell_stats(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     failed = ((ds["diverged"] == 1) | (ds["collapsed"] == 1)) & fin
     acc = ds["final_test_acc"].where(fin)
     ok_acc = acc.where(~failed)
-    return {"n": fin.sum("seed"), "failed": failed.sum("seed"),
+    best = float(ok_acc.mean("seed").max())
+    below = fin & (failed | ~(acc >= best - MARGIN))
+    return {"n": fin.sum("seed"), "failed": failed.sum("seed"), "below": below.sum("seed"),
             "diverged": ((ds["diverged"] == 1) & fin).sum("seed"),
             "mean": ok_acc.mean("seed"), "std": ok_acc.std("seed", ddof=1),
             "nfe": ds["nfe"].isel(epoch=-1).where(fin).mean("seed"),
@@ -49,9 +61,10 @@ def cell_stats(ds: xr.Dataset) -> dict[str, xr.DataArray]:
 
 
 def largest_training_lr(stats: dict[str, xr.DataArray], spread: float) -> float:
-    """The largest lr at which every finished seed of ``spread`` trained (NaN if none)."""
+    """The largest lr at which every finished seed of ``spread`` trained: none failed, and all
+    ended within MARGIN of the panel's best mean accuracy (NaN if none)."""
     n = stats["n"].sel(tau_spread=spread)
-    bad = stats["failed"].sel(tau_spread=spread)
+    bad = stats["below"].sel(tau_spread=spread)
     good = [float(lr) for lr in n["optimizer_lr"].values
             if int(n.sel(optimizer_lr=lr)) > 0 and int(bad.sel(optimizer_lr=lr)) == 0]
     return max(good) if good else math.nan
@@ -71,7 +84,7 @@ def table(results: dict[tuple[str, str], xr.Dataset]) -> str:
                       "that trained; [k/n] = k of n seeds failed)", "",
                       "| τ spread | mean step | τmax/τmin | failed (div.) | "
                       + " | ".join(f"lr {lr:g}" for lr in lrs)
-                      + " | largest lr that trains | mean std | NFE/sample |",
+                      + " | largest lr that trains | std where it trains | NFE/sample |",
                       "|---|---|---|---|" + "---|" * len(lrs) + "---|---|---|"]
             for spread in ds["tau_spread"].values:
                 sp = float(spread)
@@ -86,7 +99,8 @@ def table(results: dict[tuple[str, str], xr.Dataset]) -> str:
                     text = "–" if math.isnan(m) else (f"{100 * m:.1f} ± {100 * s:.1f}"
                                                       if not math.isnan(s) else f"{100 * m:.1f}")
                     cells.append(text + (f" [{k}/{nn}]" if k else ""))
-                stds = st["std"].sel(tau_spread=sp).values
+                trains = (st["below"].sel(tau_spread=sp) == 0) & (st["n"].sel(tau_spread=sp) > 0)
+                stds = st["std"].sel(tau_spread=sp).where(trains).values
                 mean_std = np.nanmean(stds) if np.isfinite(stds).any() else math.nan
                 step = float(ds["mean_step"].sel(tau_spread=sp).mean())
                 ratio = float(ds["tau_ratio"].sel(tau_spread=sp).mean())
@@ -128,20 +142,26 @@ def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) ->
                                     yerr=100 * st["std"].sel(at).fillna(0), marker="o",
                                     ms=4, capsize=2, label=f"spread {float(spread):g}")
                     else:
-                        frac = st["failed"].sel(at) / st["n"].sel(at)
-                        ax.plot(lrs * shift, frac, marker="o", ms=4,
-                                label=f"spread {float(spread):g}")
+                        n = st["n"].sel(at)
+                        line, = ax.plot(lrs * shift, st["failed"].sel(at) / n, marker="o",
+                                        ms=4, label=f"spread {float(spread):g}")
+                        ax.plot(lrs * shift, st["below"].sel(at) / n, ls="--", marker="x",
+                                ms=4, color=line.get_color())
                 ax.set_xscale("log")
+                ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
+                ax.minorticks_off()
                 ax.grid(alpha=0.3)
                 if row == 1:
                     ax.set_xlabel("learning rate (SGD, momentum 0.9)")
                 if col == 0:
                     ax.set_ylabel("final test accuracy (%)" if kind == "accuracy"
-                                  else "fraction of seeds failed")
+                                  else "fraction of seeds")
         axes[0, 0].legend(fontsize=7, title="log-normal τ", title_fontsize=7)
         fig.suptitle("HTS study: " + ("test accuracy of the runs that trained (mean ± std, "
                                       "3 seeds)" if kind == "accuracy" else
-                                      "runs that diverged or collapsed"), fontsize=9)
+                                      "seeds that diverged or collapsed (solid) and that ended "
+                                      f"> {100 * MARGIN:.0f} points below the best (dashed)"),
+                     fontsize=9)
         fig.tight_layout()
         path = folder / f"hts_{kind}.png"
         fig.savefig(path)
