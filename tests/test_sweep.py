@@ -109,6 +109,8 @@ def test_sweep_dataset_dims_and_values(tmp_path):
     # different seeds give different runs, different τ spreads different paths
     acc = ds["final_test_acc"]
     assert not np.array_equal(acc.sel(seed=0), acc.sel(seed=1))
+    loss = ds["loss"]  # fixed budget with per-neuron steps: τ changes the training
+    assert not np.array_equal(loss.sel(tau_spread=0.0), loss.sel(tau_spread=1.0))
     assert json.loads(ds.attrs["grid"])[0] == ["tau.spread", [0.0, 1.0]]
 
 
