@@ -20,7 +20,6 @@ from .._linalg import batched_jacobian, checked_solve
 from .._states import (
     States,
     flatten_states,
-    per_sample_all_finite,
     per_sample_max_abs,
     unflatten_states,
 )
@@ -135,8 +134,11 @@ class _Book:
 def _finish(book: _Book, idx: Tensor, states: States, r: Tensor, tol: float, limit: float,
             t: float, count: tuple[int, int] | None = None) -> Tensor:
     """Classify the working samples; write the finished ones; return the mask of those left."""
-    finite = torch.isfinite(r) & per_sample_all_finite(states)
-    big = per_sample_max_abs(states) > limit
+    # max |s| per sample is NaN or ±inf when any entry is (amax propagates NaN), or it is
+    # > limit anyway: one pass over the states decides both tests
+    m = per_sample_max_abs(states)
+    finite = torch.isfinite(r) & torch.isfinite(m)
+    big = m > limit
     diverged = ~finite | big
     done = (r <= tol) & ~diverged
     finished = done | diverged
@@ -190,6 +192,7 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
             raise ValueError(f"dt must be positive, got {dt}")
         h = tuple(-torch.expm1(-dt * it) for it in field.inv_tau)
         time_per_step = dt
+    unit_step = tuple(not torch.is_tensor(hh) and hh == 1 for hh in h)
     book = _Book(s0, cfg.record)
     idx = torch.arange(batch, device=s0[0].device)
     s = s0
@@ -215,7 +218,8 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
                     f = _sub_field(field, idx, batch)
             if not idx.numel():
                 break
-        s = energy.clamp(tuple(x + hh * dd for x, hh, dd in zip(s, h, d, strict=True)))
+        s = energy.clamp(tuple(x + dd if unit else x + hh * dd  # 1·d is d: skip the product
+                               for x, hh, dd, unit in zip(s, h, d, unit_step, strict=True)))
         step += 1
     if cfg.record:
         book.snapshot(step * time_per_step)
