@@ -16,6 +16,7 @@ reach tol; τ ≡ c divides every eigenvalue by c.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._linalg import batched_jacobian
-from ._states import States
+from ._states import States, per_sample_all_finite
 from .dynamics import VectorField
 
 
@@ -111,7 +112,8 @@ class Spectrum:
 
     Attributes:
         eigenvalues: ``(B, n)``, real (symmetric similarity, ascending) or complex (sorted by
-            real part); NaN in the slots of pinned neurons.
+            real part); a sample with k pinned neurons has its n − k eigenvalues first and NaN
+            in the last k slots; a sample with a non-finite Jacobian is all NaN.
         symmetric: whether ∂drive/∂s was symmetric (a gradient field), so that the real
             symmetric matrix T^{-1/2} (∂drive/∂s) T^{-1/2} was used.
         pinned: ``(B, n)``: neurons whose Jacobian row is identically zero (a clipped unit held
@@ -169,23 +171,44 @@ def jacobian_spectrum(field: VectorField, x: Tensor, states: States, y: Tensor |
     J_d = ∂drive/∂s comes from :func:`ctep._linalg.batched_jacobian` (dense: small nets). If J_d
     is symmetric (a gradient field: J_d = −∂²F/∂s²), the eigenvalues of T⁻¹J_d are those of the
     symmetric T^{-1/2} J_d T^{-1/2}, computed by ``eigvalsh`` (real); otherwise ``eigvals`` of
-    T⁻¹J_d (complex). ``symmetric=None`` decides by max|J_d − J_dᵀ| ≤ symmetry_tol·max|J_d|.
-    Rows of J_d that are identically zero (pinned clipped units) are removed with their columns.
+    T⁻¹J_d (complex). ``symmetric=None`` decides by max|J_d − J_dᵀ| ≤ symmetry_tol·max|J_d| over
+    the samples with a finite J_d; ``symmetric=True`` uses the symmetric part ½(J_d + J_dᵀ), so
+    pass it only for a field known to be a gradient field.
+    Rows of J_d that are identically zero (pinned clipped units) are removed with their columns:
+    det(J − λI) = (−λ)·det(J' − λI) for such a row, so the rest of the spectrum is that of the
+    reduced J'. A sample whose states or J_d are not finite (a diverged relaxation) gets NaN
+    eigenvalues instead of a failed or meaningless decomposition.
     """
-    bound = field.bind(x, y, beta)
+    if isinstance(beta, complex) or not isinstance(beta, numbers.Real) \
+            or not math.isfinite(float(beta)):
+        raise ValueError(f"beta must be a finite real number, got {beta!r}")
+    states = tuple(states)
+    if any(s.shape[0] != x.shape[0] for s in states):
+        raise ValueError(f"states have batch {[int(s.shape[0]) for s in states]}, inputs have "
+                         f"{x.shape[0]}")
+    bound = field.bind(x, y, float(beta))
     jd = batched_jacobian(bound.drive, tuple(s.detach() for s in states)).to(torch.float64)
     tau = torch.cat([t.detach().reshape(-1) for t in field.tau()]).to(torch.float64)
     jd = jd.to(tau.device)
+    with torch.no_grad():  # a clip can hide a NaN state from J_d: test states and drive too
+        drive = bound.drive(states)
+    finite = (torch.isfinite(jd).all(dim=2).all(dim=1)
+              & per_sample_all_finite(states).to(jd.device)
+              & per_sample_all_finite(drive).to(jd.device))
     if symmetric is None:
-        scale = float(jd.abs().max()) if jd.numel() else 0.0
-        symmetric = float((jd - jd.transpose(1, 2)).abs().max()) <= symmetry_tol * max(scale,
-                                                                                         1e-300)
-    pinned = (jd == 0).all(dim=2)
+        ok = jd[finite]
+        scale = float(ok.abs().max()) if ok.numel() else 0.0
+        asym = float((ok - ok.transpose(1, 2)).abs().max()) if ok.numel() else 0.0
+        symmetric = asym <= symmetry_tol * max(scale, 1e-300)
+    pinned = (jd == 0).all(dim=2) & finite[:, None]
     b, n = pinned.shape
     dtype = torch.float64 if symmetric else torch.complex128
     eig = torch.full((b, n), float("nan"), dtype=dtype)
-    groups = [(torch.arange(b), torch.ones(n, dtype=torch.bool))] if not bool(pinned.any()) \
-        else [(torch.tensor([i]), ~pinned[i]) for i in range(b)]
+    plain = finite & ~pinned.any(dim=1)
+    groups = [(torch.nonzero(plain).flatten(), torch.ones(n, dtype=torch.bool))] \
+        if bool(plain.any()) else []
+    groups += [(torch.tensor([i]), ~pinned[i])
+               for i in torch.nonzero(finite & pinned.any(dim=1)).flatten().tolist()]
     for rows, free in groups:
         m = jd[rows][:, free][:, :, free]
         t = tau[free]

@@ -243,6 +243,26 @@ def test_pinned_clipped_units_are_left_out_of_the_spectrum():
     assert bool((sp.slowest_rate() > 0).all()) and bool(torch.isfinite(sp.stiffness_ratio()).all())
 
 
+@pytest.mark.parametrize("activation", ["tanh", "hard_sigmoid"])
+def test_spectrum_of_a_non_finite_sample_is_nan_and_leaves_the_others_alone(activation):
+    # a diverged sample used to go through eigvals on NaN (LAPACK error, arbitrary numbers)
+    field, x, y = net(activation, "classical")
+    eq = relax(field.bind(x), config=RelaxConfig(method="dopri5", tol=1e-10))
+    ref = jacobian_spectrum(field, x, eq.states)
+    bad = tuple(s.clone() for s in eq.states)
+    bad[0][2, 0] = float("nan")
+    sp = jacobian_spectrum(field, x, bad)
+    assert sp.symmetric == ref.symmetric and sp.symmetric
+    assert bool(torch.isnan(sp.eigenvalues[2]).all()) and bool(torch.isnan(sp.slowest_rate()[2]))
+    assert sp.inertia()[2].tolist() == [0, 0, 0] and not bool(sp.pinned[2].any())
+    keep = [0, 1, 3]
+    assert torch.allclose(sp.eigenvalues[keep], ref.eigenvalues[keep], rtol=1e-12, atol=1e-14,
+                          equal_nan=True)
+    with pytest.raises(ValueError, match="real"):
+        jacobian_spectrum(field, x, eq.states, y, 0.1j)
+    with pytest.raises(ValueError, match="batch"):
+        jacobian_spectrum(field, x[:2], eq.states)
+
 def test_time_to_tolerance_follows_the_slowest_rate():
     field, x, y = net("sigmoid", "primitive", spread=1.0)
     eq = relax(field.bind(x), config=RelaxConfig(method="dopri5", tol=1e-11))
