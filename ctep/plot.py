@@ -42,6 +42,8 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
                       neurons: Sequence[int] | None = None):
     """States s_i(t) of a few neurons of ``layer`` (1-based), one panel per sample.
 
+    ``samples`` and ``neurons`` are positions along the ``sample`` and ``neuron_l`` dims (the
+    panel titles show the ``sample`` coordinate, the index in the recorded batch).
     Defaults: the first three samples and the first eight neurons of the layer. A dashed line
     marks each sample's time to tolerance (the residual stays ≤ tol from there on, see
     :func:`ctep.diagnostics.time_to_tolerance`); line colour follows the neuron's τ.
@@ -73,7 +75,7 @@ def plot_trajectories(ds, layer: int = 1, samples: Sequence[int] | None = None,
             ax.plot(t, s[:, i], color=cmap(norm(tau[i])) if varied else None, lw=1.2)
         if np.isfinite(t_tol[b]):
             ax.axvline(float(t_tol[b]), color="0.5", ls="--", lw=0.8)
-        ax.set_title(f"sample {b}", fontsize=9)
+        ax.set_title(f"sample {ds['sample'].values[b]}", fontsize=9)
         ax.set_xlabel(_time_label(ds))
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(f"state s of layer {layer}")

@@ -11,7 +11,13 @@
   no sample stopping early. torchdiffeq methods call ``odeint(f, s0, times)`` over the whole
   batch (one shared step size; the fixed-grid methods interpolate linearly between their own
   steps); the loop methods (``fixed_point``, ``exp_euler``) run with tolerance 0 up to the last
-  time and keep the iterates at those times, which must be whole multiples of the step.
+  time and keep the iterates at those times, which must be whole multiples of the step; the
+  per-sample adaptive methods (``rk23``, ``etd2``) integrate every sample with its own step
+  sizes from one grid time to the next (:func:`ctep.solve.adaptive.integrate_adaptive`). They
+  have no common check times, so they can only record on a grid.
+
+The ``sample`` coordinate holds the indices of the recorded samples in the batch that was
+passed (``0..B−1``, or ``samples``).
 
 Layout of the Dataset (``L`` state layers, ``l = 1..L``):
 
@@ -26,8 +32,9 @@ variable       dims                         meaning
 ``tau_l``      neuron_l                     time constants of layer l (float64)
 ``status``     sample                       :class:`ctep.solve.Status` code (int8)
 ``nfe``        sample                       vector-field evaluations (int64)
-``steps``      sample                       iterations (loops), check windows (torchdiffeq) or
-                                            grid times (torchdiffeq on a time grid)
+``steps``      sample                       iterations (loops), check windows (torchdiffeq),
+                                            grid times (torchdiffeq on a time grid) or
+                                            attempted steps of the batch (rk23/etd2 on a grid)
 ``t_stop``     sample                       time at which the sample stopped
 ``x``          sample, input                inputs, flattened
 ``target``     sample                       targets (when given)
@@ -43,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import pathlib
 import uuid
@@ -51,54 +59,60 @@ from collections.abc import Callable, Sequence
 import torch
 import torchdiffeq
 from torch import Tensor
-from torchdiffeq._impl.odeint import SOLVERS  # the method table of odeint (no public name)
-from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
 from .solve import RelaxationError, RelaxConfig, Status, relax
-from .solve.config import LOOP_METHODS
+from .solve.config import ADAPTIVE_METHODS, LOOP_METHODS
+from .solve.relax import _FIXED_GRID, _Guarded, _max_norm
 
 RECORD_MODES = ("check_times", "time_grid")
-#: torchdiffeq's fixed-grid methods take a step size (dt) instead of tolerances
-_FIXED_GRID = tuple(m for m, cls in SOLVERS.items() if issubclass(cls, FixedGridODESolver))
 
 
 def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
                       beta: float = 0.0, *, config: RelaxConfig,
                       times: Sequence[float] | Tensor | None = None, s0: States | None = None,
-                      samples: Sequence[int] | None = None):
+                      samples: Sequence[int] | Tensor | None = None):
     """Relax ``field`` on inputs ``x`` (targets ``y``, nudge ``beta``) and record the path.
 
     Args:
         field: the network (energy, cost, τ).
         x, y: a batch of inputs and, for ``beta != 0`` or to store them, targets.
-        beta: real nudge strength β of F = E + β·ℓ.
+        beta: real nudge strength β of F = E + β·ℓ (complex β is refused).
         config: how to relax (method, tol, step, ...); ``record`` and ``polish`` are set here
             (recording on, no Newton polish: the polished states are not on the path).
         times: ``None`` to record at the solver's check times, or a strictly increasing grid
             of times ≥ 0 (see the module docstring for what each method does with it).
         s0: initial states (default: the energy's zero states).
-        samples: indices into the batch to relax (default: all).
+        samples: distinct indices into the batch to relax (default: all); they become the
+            ``sample`` coordinate.
 
     Returns:
         An ``xarray.Dataset`` laid out as in the module docstring.
     """
-    if isinstance(beta, complex) or not math.isfinite(float(beta)):
+    if not _is_real(beta) or not math.isfinite(float(beta)):
         raise ValueError(f"beta must be a finite real number, got {beta!r}")
     beta = float(beta)
     if not isinstance(config, RelaxConfig):
         raise TypeError(f"config must be a RelaxConfig, got {type(config).__name__}")
+    if s0 is not None:
+        s0 = tuple(s0)
+        if any(s.shape[0] != x.shape[0] for s in s0):
+            raise ValueError(f"s0 has batch {[int(s.shape[0]) for s in s0]}, x has "
+                             f"{x.shape[0]}")
+    ids = list(range(x.shape[0]))
     if samples is not None:
-        idx = torch.as_tensor(list(samples), dtype=torch.int64)
-        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= x.shape[0]:
-            raise ValueError(f"samples must be indices in [0, {x.shape[0]}), got "
-                             f"{list(samples)}")
+        ids = _check_samples(samples, x.shape[0])
+        idx = torch.tensor(ids, dtype=torch.int64, device=x.device)
         x = x[idx]
         y = None if y is None else y[idx]
         s0 = None if s0 is None else tuple(s[idx] for s in s0)
     bound = field.bind(x, y, beta)
     cfg = config.replace(record=True, polish=0)
+    if times is None and cfg.method in ADAPTIVE_METHODS:
+        raise ValueError(f"method {cfg.method!r} steps every sample with its own step size, so "
+                         "there are no common check times to record: pass a time grid "
+                         "(times=...) or use exp_euler or a torchdiffeq method")
     if times is None:
         eq = relax(bound, s0, cfg)
         traj = eq.trajectory
@@ -107,20 +121,42 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         mode, message = "check_times", eq.message
     else:
         grid = _check_times(times)
-        if cfg.method in LOOP_METHODS:
+        if cfg.method in ADAPTIVE_METHODS:
+            states, stats = _adaptive_on_grid(bound, s0, cfg, grid)
+        elif cfg.method in LOOP_METHODS:
             states, stats = _loop_on_grid(bound, s0, cfg, grid)
         else:
             states, stats = _odeint_on_grid(bound, s0, cfg, grid)
         t, mode, message = grid, "time_grid", ""
-    return _to_dataset(field, bound, t, states, stats, cfg, mode, message)
+    return _to_dataset(field, bound, t, states, stats, cfg, mode, message, ids)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) or (
+        torch.is_tensor(v) and v.numel() == 1 and not v.is_complex()
+        and v.dtype != torch.bool)
+
+
+def _check_samples(samples: Sequence[int] | Tensor, batch: int) -> list[int]:
+    ids = samples.tolist() if torch.is_tensor(samples) else list(samples)
+    ok = bool(ids) and all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                           and 0 <= i < batch for i in ids)
+    if not ok or len(set(ids)) != len(ids):
+        raise ValueError(f"samples must be a non-empty list of distinct integer indices in "
+                         f"[0, {batch}), got {ids}")
+    return [int(i) for i in ids]
 
 
 def _check_times(times: Sequence[float] | Tensor) -> Tensor:
-    t = torch.as_tensor(times, dtype=torch.float64).flatten()
-    if t.numel() == 0:
-        raise ValueError("times must hold at least one time")
-    if not bool(torch.isfinite(t).all()) or float(t[0]) < 0:
-        raise ValueError(f"times must be finite and ≥ 0, got first {float(t[0])!r}")
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"times must be a 1-D sequence of numbers: {err}") from None
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"times must be a non-empty 1-D sequence, got shape {tuple(t.shape)}")
+    bad = ~torch.isfinite(t) | (t < 0)
+    if bool(bad.any()):
+        raise ValueError(f"times must be finite and ≥ 0, got {float(t[bad][0])!r}")
     if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
         raise ValueError("times must be strictly increasing")
     return t
@@ -175,14 +211,7 @@ def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
                     grid: Tensor) -> tuple[States, dict]:
     """``torchdiffeq.odeint`` over the whole batch with output at the grid times."""
     energy = bound.energy
-    if s0 is None:
-        p = next(iter(energy.parameters()), None)
-        dtype = p.dtype if p is not None else bound.x.dtype
-        s0 = energy.init_states(bound.x.shape[0], dtype=dtype, device=bound.x.device)
-    else:
-        s0 = tuple(s.detach().clone() for s in s0)
-        energy.check_states(s0)
-    s0 = energy.clamp(s0)
+    s0 = _initial_states(bound, s0)
     tau_min = min(float((1 / it).min()) for it in bound.inv_tau)
     atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
     rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
@@ -190,11 +219,11 @@ def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     if cfg.method in _FIXED_GRID:
         options["step_size"] = cfg.dt if cfg.dt is not None else 0.5 * tau_min
     elif cfg.method != "scipy_solver":
-        options["norm"] = lambda ts: torch.stack([t.abs().max() for t in ts]).max()
+        options["norm"] = _max_norm
         options["max_num_steps"] = cfg.max_steps
     prepend = float(grid[0]) > 0
     span = torch.cat([grid.new_zeros(1), grid]) if prepend else grid
-    func = _FrozenBeyond(bound, cfg.diverge_at)
+    func = _Guarded(bound, cfg.diverge_at)  # relax's guard: beyond diverge_at, frozen
     try:
         with torch.no_grad():
             sol = torchdiffeq.odeint(func, s0, span.to(s0[0].device), method=cfg.method,
@@ -213,18 +242,48 @@ def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     return states, stats
 
 
-class _FrozenBeyond:
-    """ds/dt with samples whose states exceed ``limit`` frozen (one exploding sample must not
-    break the shared step size); they are reported as diverged."""
+def _initial_states(bound: BoundField, s0: States | None) -> States:
+    """Detached, clamped initial states, the energy's zero states by default (as in relax)."""
+    energy = bound.energy
+    if s0 is None:
+        p = next(iter(energy.parameters()), None)
+        dtype = p.dtype if p is not None else bound.x.dtype
+        s0 = energy.init_states(bound.x.shape[0], dtype=dtype, device=bound.x.device)
+    else:
+        s0 = tuple(s.detach().clone() for s in s0)
+        energy.check_states(s0)
+    with torch.no_grad():
+        return energy.clamp(s0)
 
-    def __init__(self, bound: BoundField, limit: float) -> None:
-        self.bound = bound
-        self.limit = limit
 
-    def __call__(self, t: Tensor, states: States) -> States:
-        out = self.bound(t, states)
-        ok = (per_sample_max_abs(states) <= self.limit).to(out[0].dtype)
-        return tuple(o * ok.reshape(-1, *([1] * (o.dim() - 1))) for o in out)
+def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
+                      grid: Tensor) -> tuple[States, dict]:
+    """rk23 / etd2 from each grid time to the next, every sample with its own step sizes
+    (:func:`ctep.solve.adaptive.integrate_adaptive`, error control from ``cfg``: rtol, atol,
+    ``dt`` as the first step, ``max_steps`` per interval)."""
+    from .solve.adaptive import integrate_adaptive, tolerances
+
+    rtol, atol = tolerances(cfg)
+    s = _initial_states(bound, s0)
+    out, t_prev, nfe, steps = [], 0.0, 0, 0
+    for t in grid.tolist():
+        if t > t_prev:
+            try:
+                run = integrate_adaptive(bound, s, t - t_prev, method=cfg.method, rtol=rtol,
+                                         atol=atol, first_step=cfg.dt, max_steps=cfg.max_steps)
+            except RuntimeError as err:
+                raise RelaxationError(f"{cfg.method} failed on the time grid between "
+                                      f"t = {t_prev:g} and {t:g}: {err}") from err
+            s, nfe, steps = run.states, nfe + run.nfe, steps + run.steps
+        out.append(s)
+        t_prev = t
+    states = tuple(torch.stack([o[k] for o in out]) for k in range(len(s)))
+    status = _grid_status(bound, states, cfg)
+    b = s[0].shape[0]
+    stats = {"status": status, "nfe": torch.full((b,), nfe, dtype=torch.int64),
+             "steps": torch.full((b,), steps, dtype=torch.int64),
+             "t_stop": torch.full((b,), float(grid[-1]), dtype=torch.float64)}
+    return states, stats
 
 
 def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
@@ -267,7 +326,7 @@ def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float
 
 
 def _to_dataset(field: VectorField, bound: BoundField, times: Tensor, states: States,
-                stats: dict, cfg: RelaxConfig, mode: str, message: str):
+                stats: dict, cfg: RelaxConfig, mode: str, message: str, sample_ids: list[int]):
     import xarray as xr
 
     from . import __version__
@@ -276,7 +335,7 @@ def _to_dataset(field: VectorField, bound: BoundField, times: Tensor, states: St
     drive, residual, energy = path_quantities(field, x, y, beta, states)
     k, b = states[0].shape[:2]
     data: dict = {}
-    coords: dict = {"time": times.double().numpy(), "sample": list(range(b))}
+    coords: dict = {"time": times.double().numpy(), "sample": sample_ids}
     attrs: dict = {}
     taus = field.tau()
     for i, (s, d, t) in enumerate(zip(states, drive, taus, strict=True), start=1):

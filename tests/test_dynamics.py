@@ -140,6 +140,50 @@ def test_time_grid_matches_relax():
         record_relaxation(field, x, y, 0.1j, config=cfg)
 
 
+@pytest.mark.parametrize("method", ["rk23", "etd2"])
+def test_per_sample_adaptive_methods_record_on_a_time_grid(method):
+    # rk23/etd2 have no common check times; on a grid they integrate between the grid times
+    field, x, y = net(activation="sigmoid", form="primitive")
+    grid = torch.linspace(0.0, 40.0, 21)
+    ref = record_relaxation(field, x, y, 0.3, config=RelaxConfig(method="dopri5", tol=1e-10),
+                            times=grid)
+    ds = record_relaxation(field, x, y, 0.3, config=RelaxConfig(method=method, tol=1e-6),
+                           times=grid)
+    assert ds.attrs["mode"] == "time_grid" and ds.attrs["method"] == method
+    for i in (1, 2):  # local error control at rtol 1e-6, atol 1e-7
+        assert np.abs(ds[f"s_{i}"].values - ref[f"s_{i}"].values).max() < 1e-5
+    assert (ds["status"].values == int(Status.CONVERGED)).all()
+    assert (ds["nfe"].values > 0).all()
+    with pytest.raises(ValueError, match="no common check times"):
+        record_relaxation(field, x, config=RelaxConfig(method=method))
+
+
+def test_samples_keep_their_batch_index_and_bad_arguments_are_refused():
+    field, x, y = net()
+    cfg = RelaxConfig(method="exp_euler", dt=0.2, tol=1e-8)
+    full = record_relaxation(field, x, y, 0.2, config=cfg)
+    part = record_relaxation(field, x, y, 0.2, config=cfg, samples=torch.tensor([3, 1]))
+    assert part["sample"].values.tolist() == [3, 1]
+    a, b = full.sel(sample=[3, 1]), part
+    n = min(a.sizes["time"], b.sizes["time"])  # the batch stops when its last sample does
+    assert np.array_equal(a["s_1"].values[:n], b["s_1"].values[:n])
+    assert np.array_equal(a["target"].values, b["target"].values)
+    assert time_to_tolerance(part)["t_tol"].sel(sample=3) == time_to_tolerance(full)[
+        "t_tol"].sel(sample=3)
+    s0 = tuple(torch.zeros(2, *shape, dtype=torch.float64) for shape in field.energy.state_shapes)
+    for kwargs, message in [
+        ({"samples": [1.7]}, "integer indices"),  # was silently truncated to sample 1
+        ({"samples": [1, 1]}, "distinct"),
+        ({"samples": []}, "non-empty"),
+        ({"times": [[0.0, 1.0], [2.0, 3.0]]}, "1-D"),  # was silently flattened
+        ({"times": [0.0, math.nan]}, "got nan"),
+        ({"s0": s0, "times": [0.0, 1.0]}, "s0 has batch"),  # was a torchdiffeq shape error
+    ]:
+        with pytest.raises(ValueError, match=message):
+            record_relaxation(field, x, y, 0.2, config=cfg.replace(method="dopri5"), **kwargs)
+    with pytest.raises(ValueError, match="real"):
+        record_relaxation(field, x, y, "0.2", config=cfg)  # was read as 0.2
+
 # ----------------------------------------------------------------------------- diagnostics
 
 
