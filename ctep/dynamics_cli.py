@@ -52,9 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", type=pathlib.Path, default=None,
                      help="a ctep train run folder or its checkpoint.pt: the trained network "
                           "on samples of its dataset's test split")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "dynamics",
+    p.add_argument("--out", type=pathlib.Path, required=True,
                    help="folder for trajectories.nc, diagnostics.json and the PNG figures "
-                        "(default %(default)s)")
+                        "(required: nothing is written to a default place)")
     p.add_argument("--samples", type=int, default=6, help="samples to relax (default "
                    "%(default)s)")
     p.add_argument("--method", default=None, help="relaxation method (default: exp_euler for "
@@ -116,6 +116,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--tol must be finite and ≥ 0, got {args.tol}")
     if args.max_steps < 1:
         raise ValueError(f"--max-steps must be ≥ 1, got {args.max_steps}")
+    if args.max_jacobian < 0:
+        raise ValueError(f"--max-jacobian must be ≥ 0, got {args.max_jacobian}")
     if args.dt is not None and not (args.dt > 0 and math.isfinite(args.dt)):
         raise ValueError(f"--dt must be positive and finite, got {args.dt}")
     if not math.isfinite(args.beta):
@@ -213,7 +215,12 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
     )
     from .record import atomic_write, layer_states, record_relaxation, save_dataset
     from .solve import Status
+    from .solve.config import ADAPTIVE_METHODS
 
+    if relax_cfg.method in ADAPTIVE_METHODS and args.times is None:
+        raise ValueError(f"method {relax_cfg.method} gives every sample its own time steps, so "
+                         "it records only on a time grid: pass --times (or --method exp_euler "
+                         "or a torchdiffeq method)")
     ds = record_relaxation(field, x, y, args.beta, config=relax_cfg, times=args.times)
     ds.attrs["source"] = source
     out = args.out
@@ -236,10 +243,11 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
                "energy_max_increase": float(mono["max_increase"].values[b]),
                "energy_monotone": bool(mono["monotone"].values[b])}
         if spectrum is not None:
+            counted = int(spectrum.inertia()[b].sum())  # 0: non-finite states (NaN spectrum)
             row.update(slowest_rate=float(spectrum.slowest_rate()[b]),
                        convergence_time=float(spectrum.convergence_time()[b]),
                        stiffness_ratio=float(spectrum.stiffness_ratio()[b]),
-                       stable=bool(spectrum.inertia()[b, 1:].sum() == 0))
+                       stable=bool(spectrum.inertia()[b, 1:].sum() == 0) if counted else None)
         samples.append({k: _json_value(v) for k, v in row.items()})
     taus = torch.cat([t.detach().reshape(-1).double() for t in field.tau()])
     report = {"source": source, "mode": ds.attrs["mode"], "method": relax_cfg.method,

@@ -443,6 +443,8 @@ def test_cli_bad_options_exit_2(tmp_path, capsys):
         (["--config", str(tmp_path / "none.toml")], "does not exist"),
         (["--config", str(config), "--samples", "100"], "exceeds the 24 test samples"),
         (["--method", "exp_euler", "--dt", "0.5", "--times", "0,0.3"], "whole number"),
+        (["--method", "rk23"], "pass --times"),
+        (["--max-jacobian", "-1"], "--max-jacobian must be"),
     ]:
         assert main(["dynamics", "--out", out, *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv
@@ -450,6 +452,9 @@ def test_cli_bad_options_exit_2(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["dynamics", "--out", out, *argv])
         assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # no default folder in the working directory
+        main(["dynamics", "--samples", "2"])
+    assert exc.value.code == 2 and "--out" in capsys.readouterr().err
 
 
 def test_conftest_problem_relaxes_the_same_with_recording():
