@@ -265,14 +265,12 @@ def write_report(report: dict, out_dir) -> dict[str, str]:
     has GDU curves) into ``out_dir``; return the paths."""
     from pathlib import Path
 
+    from .record import atomic_write, save_dataset
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ds = report_dataset(report)
-    nc = out / "verify.nc"
-    tmp = out / "verify.nc.tmp"
-    ds.to_netcdf(tmp)
-    tmp.replace(nc)  # atomic: a reader never sees a half-written file
+    nc = save_dataset(ds, out / "verify.nc")  # atomic: unique temporary file, fsync, rename
     fig = plot_error_vs_beta(ds)
-    png = out / "error_vs_beta.png"
-    fig.savefig(png, dpi=120)
+    png = atomic_write(out / "error_vs_beta.png",
+                       lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return {"netcdf": str(nc), "figure": str(png)}
