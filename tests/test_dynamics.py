@@ -277,6 +277,25 @@ def test_inertia_does_not_depend_on_tau_for_gradient_fields():
     assert not torch.allclose(slow[0], slow[1])  # while the sizes do change with τ
 
 
+def test_rates_and_stiffness_obey_the_bounds_of_theory_2_1():
+    # λ_slow ≥ λ_min(H)/τ_max, max|λ| ≤ λ_max(H)/τ_min, stiffness ≤ κ(H)·τ_max/τ_min
+    from ctep._linalg import batched_jacobian
+
+    field, x, _ = net("tanh", "classical", spread=2.0)
+    eq = relax(field.bind(x), config=RelaxConfig(method="dopri5", tol=1e-11))
+    sp = jacobian_spectrum(field, x, eq.states)
+    h = -batched_jacobian(field.bind(x).drive, eq.states)
+    lam = torch.linalg.eigvalsh(0.5 * (h + h.transpose(1, 2)))
+    tau = torch.cat([t.reshape(-1) for t in field.tau()])
+    t_min, t_max = float(tau.min()), float(tau.max())
+    assert t_max / t_min > 5  # a real spread, so the bounds are not those of τ ≡ 1
+    slack = 1 + 1e-9
+    assert bool((sp.slowest_rate() * slack >= lam[:, 0] / t_max).all())
+    assert bool((sp.fastest_rate() <= slack * lam[:, -1] / t_min).all())
+    assert bool((sp.stiffness_ratio() <= slack * lam[:, -1] / lam[:, 0] * t_max / t_min).all())
+    # and the stiffness is not that of H alone: τ changes it
+    assert bool((sp.stiffness_ratio() > 1.5 * lam[:, -1] / lam[:, 0]).all())
+
 def test_pinned_clipped_units_are_left_out_of_the_spectrum():
     field, x, _ = net("hard_sigmoid", "classical")
     eq = relax(field.bind(x), config=RelaxConfig(method="dopri5", tol=1e-10))
