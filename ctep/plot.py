@@ -154,27 +154,29 @@ def plot_tau_histogram(tau, bins: int | None = None):
 def plot_time_to_convergence_vs_tau(ds, tol: float | None = None):
     """Each neuron's time to tolerance (:func:`ctep.diagnostics.time_to_tolerance`, the first
     time after which |τ_i ds_i/dt| stays ≤ tol), median over samples, against its τ_i; one
-    colour per layer, log-log. Neurons that never reach tol are left out (counted in the
-    title)."""
+    colour per layer, log-log. Neurons whose median never reaches tol, and those at tol from
+    t = 0 on (no place on a log axis), are left out and counted in the title."""
     from .diagnostics import time_to_tolerance
 
     tt = time_to_tolerance(ds, tol)
     fig = _figure(5.0, 3.6)
     ax = fig.subplots()
-    missing = 0
+    missing = at_start = 0
     for i in range(1, int(ds.attrs["layers"]) + 1):
         times = tt[f"t_tol_{i}"].transpose("sample", f"neuron_{i}").values
         med = np.median(times, axis=0)
         ok = np.isfinite(med) & (med > 0)
         missing += int((~np.isfinite(med)).sum())
+        at_start += int((med == 0).sum())
         ax.loglog(ds[f"tau_{i}"].values[ok], med[ok], "o", ms=3, alpha=0.8, label=f"layer {i}")
     _plain_log_ticks(ax.xaxis)
     _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("τ of the neuron")
     ax.set_ylabel(f"{_time_label(ds).replace(' t', '')} to |τ ds/dt| ≤ tol (median over "
                   "samples)")
-    never = f"; {missing} neurons never reach it" if missing > 1 else "; 1 neuron never does"
-    ax.set_title(f"tol {tt.attrs['tol']:g}" + (never if missing else ""), fontsize=9)
+    notes = ([f"{missing} neuron(s) never reach it"] if missing else []) + (
+        [f"{at_start} at it from t = 0 (not drawn)"] if at_start else [])
+    ax.set_title("; ".join([f"tol {tt.attrs['tol']:g}", *notes]), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return fig

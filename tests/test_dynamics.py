@@ -380,6 +380,18 @@ def test_plots_build_headless_and_write_png(tmp_path):
         plot_tau_histogram(3.0)
 
 
+def test_time_to_tolerance_plot_counts_the_neurons_it_cannot_draw():
+    # clipped units pinned at 0 from the start have t_tol = 0: no place on a log axis
+    field, x, _ = net("hard_sigmoid", "classical")
+    ds = record_relaxation(field, x, config=RelaxConfig(method="exp_euler", dt=0.2, tol=1e-8))
+    tt = time_to_tolerance(ds)
+    zero = sum(int((np.median(tt[f"t_tol_{i}"].values, axis=0) == 0).sum()) for i in (1, 2))
+    assert zero > 0
+    fig = plot_time_to_convergence_vs_tau(ds)
+    assert f"{zero} at it from t = 0" in fig.axes[0].get_title()
+    drawn = sum(len(line.get_xdata()) for line in fig.axes[0].get_lines())
+    assert drawn == 13 - zero
+
 # ----------------------------------------------------------------------------- CLI
 
 
