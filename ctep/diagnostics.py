@@ -35,9 +35,11 @@ def energy_monotone(ds, rtol: float | None = None, atol: float = 0.0):
     = max_k ΔF_k (0 for a single time), ``scale`` = max_k |F(t_k)|, and ``monotone`` =
     (max_increase ≤ rtol·scale + atol), false for any non-finite F. ``rtol`` defaults to
     100·ε of the states' dtype (attr ``dtype``): the round-off of F itself (2.2e-14 in float64,
-    1.2e-5 in float32). F is a Lyapunov function of
-    the continuous flow of both forms (``docs/dynamics.md``); a discrete path keeps that only
-    for small enough steps, which is what this measures.
+    1.2e-5 in float32). F is a Lyapunov function of the continuous flow of both forms of ctep's
+    layered energies, for any τ > 0 (``docs/equations.md``, Lyapunov argument); it is not one
+    for skew-gradient or other non-gradient fields. A discrete path keeps the descent only for
+    small enough steps, and an adaptive solver's path only up to its local error (near the
+    equilibrium F can rise by about residual × atol), which is what this measures.
     """
     import xarray as xr
 

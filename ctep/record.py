@@ -26,7 +26,8 @@ variable       dims                         meaning
 ============== ============================ ==================================================
 ``s_l``        time, sample, neuron_l       states of layer l (conv layers flattened; the
                                             per-sample shape is in attr ``shape_l``)
-``drive_l``    time, sample, neuron_l       τ ⊙ ds/dt (= −∂F/∂s for gradient fields)
+``drive_l``    time, sample, neuron_l       τ ⊙ ds/dt (−∂F/∂s in the classical form,
+                                            σ(u) − s in the primitive form)
 ``residual``   time, sample                 ‖τ ⊙ ds/dt‖∞ over all layers (float64)
 ``energy``     time, sample                 F = E + β·ℓ (float64)
 ``tau_l``      neuron_l                     time constants of layer l (float64)
@@ -107,6 +108,8 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         x = x[idx]
         y = None if y is None else y[idx]
         s0 = None if s0 is None else tuple(s[idx] for s in s0)
+    if y is not None:  # stored even at β = 0, so checked even then
+        field.cost.check_targets(y, x.shape[0])
     bound = field.bind(x, y, beta)
     cfg = config.replace(record=True, polish=0)
     if times is None and cfg.method in ADAPTIVE_METHODS:

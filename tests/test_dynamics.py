@@ -183,6 +183,8 @@ def test_samples_keep_their_batch_index_and_bad_arguments_are_refused():
             record_relaxation(field, x, y, 0.2, config=cfg.replace(method="dopri5"), **kwargs)
     with pytest.raises(ValueError, match="real"):
         record_relaxation(field, x, y, "0.2", config=cfg)  # was read as 0.2
+    with pytest.raises(ValueError, match="targets have batch size 2"):
+        record_relaxation(field, x, y[:2], 0.0, config=cfg)  # was an xarray error at the end
 
 # ----------------------------------------------------------------------------- diagnostics
 
