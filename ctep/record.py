@@ -241,7 +241,7 @@ def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     status = _grid_status(bound, states, cfg)
     nfe = torch.full((b,), bound.nfe, dtype=torch.int64)
     stats = {"status": status, "nfe": nfe, "steps": torch.full((b,), k, dtype=torch.int64),
-             "t_stop": torch.full((b,), float(grid[-1]), dtype=torch.float64)}
+             "t_stop": _stop_times(states, status, grid, cfg.diverge_at)}
     return states, stats
 
 
@@ -285,8 +285,21 @@ def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     b = s[0].shape[0]
     stats = {"status": status, "nfe": torch.full((b,), nfe, dtype=torch.int64),
              "steps": torch.full((b,), steps, dtype=torch.int64),
-             "t_stop": torch.full((b,), float(grid[-1]), dtype=torch.float64)}
+             "t_stop": _stop_times(states, status, grid, cfg.diverge_at)}
     return states, stats
+
+
+def _stop_times(states: States, status: Tensor, grid: Tensor, limit: float) -> Tensor:
+    """The last grid time, or for a DIVERGED sample the first grid time at which its states are
+    non-finite or beyond ``limit``."""
+    k, b = states[0].shape[:2]
+    m = per_sample_max_abs(tuple(s.reshape(k * b, *s.shape[2:]) for s in states)).reshape(k, b)
+    bad = ~(m <= limit).cpu()  # NaN counts as beyond
+    first = torch.argmax(bad.to(torch.int8), dim=0)
+    t = torch.full((b,), float(grid[-1]), dtype=torch.float64)
+    hit = (status == int(Status.DIVERGED)).cpu() & bad.any(dim=0)
+    t[hit] = grid[first[hit]]
+    return t
 
 
 def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
