@@ -162,13 +162,13 @@ def test_per_sample_adaptive_methods_record_on_a_time_grid(method):
 def test_time_grid_reports_when_a_sample_diverged(method):
     # β < 0 makes the squared error concave: the identity net runs away (was: t_stop = t_end)
     field, x, y = net(activation="identity", form="primitive")
-    grid = torch.linspace(0.0, 10.0, 41)
+    grid = torch.linspace(0.0, 2.0, 41)
     ds = record_relaxation(field, x, y, -5.0, times=grid,
                            config=RelaxConfig(method=method, tol=1e-6, diverge_at=10.0))
     assert (ds["status"].values == int(Status.DIVERGED)).all()
     m = np.maximum(np.abs(ds["s_1"].values).max(-1), np.abs(ds["s_2"].values).max(-1))
     first = np.argmax(m > 10.0, axis=0)
-    assert (first > 0).all() and (ds["t_stop"].values < 10.0).all()
+    assert (first > 0).all() and (ds["t_stop"].values < 2.0).all()
     assert np.array_equal(ds["t_stop"].values, grid.numpy()[first].astype(np.float64))
 
 def test_samples_keep_their_batch_index_and_bad_arguments_are_refused():
