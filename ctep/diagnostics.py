@@ -28,7 +28,7 @@ from ._states import States, per_sample_all_finite
 from .dynamics import VectorField
 
 
-def energy_monotone(ds, rtol: float | None = None, atol: float = 0.0):
+def energy_monotone(ds, *, rtol: float | None = None, atol: float = 0.0):
     """Largest increase of F = E + β·ℓ between consecutive recorded times, per sample.
 
     With ΔF_k = F(t_{k+1}) − F(t_k), returns an ``xarray.Dataset`` with ``max_increase``

@@ -126,6 +126,8 @@ def plot_tau_histogram(tau, bins: int | None = None):
     from matplotlib.ticker import MaxNLocator
 
     layers = _tau_layers(tau)
+    if not layers:
+        raise ValueError("τ must be a non-empty set of positive finite values (no layers given)")
     flat = np.concatenate([v for v in layers.values()])
     if flat.size == 0 or not np.all(np.isfinite(flat)) or np.any(flat <= 0):
         raise ValueError("τ must be a non-empty set of positive finite values")

@@ -318,7 +318,7 @@ def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
 
 
 def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float,
-                    states: States, rows: int = 4096) -> tuple[States, Tensor, Tensor]:
+                    states: States, *, rows: int = 4096) -> tuple[States, Tensor, Tensor]:
     """The drive τ ⊙ ds/dt, the residual ‖drive‖∞ and F = E + β·ℓ at states of shape
     ``(K, B, *shape_l)``, evaluated in batches of about ``rows`` (time, sample) points."""
     k, b = states[0].shape[:2]

@@ -393,6 +393,8 @@ def test_plots_build_headless_and_write_png(tmp_path):
         plot_trajectories(ds, 1, neurons=[99])
     with pytest.raises(TypeError, match="tau must be"):
         plot_tau_histogram(3.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_tau_histogram([])  # was numpy's "need at least one array to concatenate"
 
 
 def test_time_to_tolerance_plot_counts_the_neurons_it_cannot_draw():
