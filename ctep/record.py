@@ -63,7 +63,7 @@ from torch import Tensor
 
 from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
-from .solve import RelaxationError, RelaxConfig, Status, relax
+from .solve import RelaxationError, RelaxConfig, Status, available_methods, relax
 from .solve.config import ADAPTIVE_METHODS, LOOP_METHODS
 from .solve.relax import _FIXED_GRID, _Guarded, _max_norm
 
@@ -112,6 +112,9 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         field.cost.check_targets(y, x.shape[0])
     bound = field.bind(x, y, beta)
     cfg = config.replace(record=True, polish=0)
+    if cfg.method not in available_methods():  # before torchdiffeq's own message on a grid
+        raise ValueError(f"unknown relaxation method {cfg.method!r}; known: "
+                         f"{', '.join(available_methods())}")
     if times is None and cfg.method in ADAPTIVE_METHODS:
         raise ValueError(f"method {cfg.method!r} steps every sample with its own step size, so "
                          "there are no common check times to record: pass a time grid "

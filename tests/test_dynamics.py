@@ -191,9 +191,11 @@ def test_samples_keep_their_batch_index_and_bad_arguments_are_refused():
         ({"times": [[0.0, 1.0], [2.0, 3.0]]}, "1-D"),  # was silently flattened
         ({"times": [0.0, math.nan]}, "got nan"),
         ({"s0": s0, "times": [0.0, 1.0]}, "s0 has batch"),  # was a torchdiffeq shape error
+        ({"method": "tsit5", "times": [0.0, 1.0]}, "unknown relaxation method"),
     ]:
+        method = kwargs.pop("method", "dopri5")
         with pytest.raises(ValueError, match=message):
-            record_relaxation(field, x, y, 0.2, config=cfg.replace(method="dopri5"), **kwargs)
+            record_relaxation(field, x, y, 0.2, config=cfg.replace(method=method), **kwargs)
     with pytest.raises(ValueError, match="real"):
         record_relaxation(field, x, y, "0.2", config=cfg)  # was read as 0.2
     with pytest.raises(ValueError, match="targets have batch size 2"):
