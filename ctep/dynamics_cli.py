@@ -17,7 +17,6 @@ RANDOM_NET_OPTIONS = ("sizes", "activation", "form", "tau", "tau_mean", "tau_spr
 RANDOM_NET_DEFAULTS = {"sizes": (20, 32, 16, 4), "activation": "sigmoid", "form": "primitive",
                        "tau": "lognormal", "tau_mean": 1.0, "tau_spread": 1.0,
                        "dtype": "float64"}
-FIGURES = ("trajectories", "residual_energy", "tau_histogram", "time_to_tolerance_vs_tau")
 
 
 def parse_times(text: str) -> tuple[float, ...]:

@@ -67,8 +67,6 @@ from .solve import RelaxationError, RelaxConfig, Status, available_methods, rela
 from .solve.config import ADAPTIVE_METHODS, LOOP_METHODS
 from .solve.relax import _FIXED_GRID, _Guarded, _max_norm
 
-RECORD_MODES = ("check_times", "time_grid")
-
 
 def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
                       beta: float = 0.0, *, config: RelaxConfig,
