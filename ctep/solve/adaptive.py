@@ -228,7 +228,7 @@ class _Stepper:
         self.d = select_samples(ok, d_new, self.d)
         self.t = self.t + torch.where(ok, h, torch.zeros_like(h))
         self.rejected = self.rejected + (~ok).to(self.rejected.dtype)
-        frozen = h <= 0  # at t_end: keep the step size for nothing, do not shrink it to zero
+        frozen = h <= 0  # at t_end: keep h as it is (h·factor would shrink it to zero)
         grown = (h * step_factor(norm, self.scheme.embedded_order)).clamp_max(self.h_max)
         self.h = torch.where(frozen, self.h, grown)
 
@@ -320,7 +320,9 @@ def integrate_adaptive(field: BoundField, s0: States, t_end: float, *, method: s
                        rtol: float = 1e-6, atol: float = 1e-8, first_step: float | None = None,
                        max_steps: int = 100_000) -> Integration:
     """Integrate every sample from t = 0 to ``t_end`` with its own step sizes (no stopping on
-    the residual); the last step of each sample is clipped to land on ``t_end``.
+    the residual); the last step of each sample is clipped to land on ``t_end``. Whether all
+    samples have arrived is read on the host every 16 steps (samples that arrive early take
+    zero steps until then).
 
     Raises:
         ValueError: bad arguments.
