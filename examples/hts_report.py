@@ -107,10 +107,14 @@ def table(results: dict[tuple[str, str], xr.Dataset]) -> str:
                 nfe = float(st["nfe"].sel(tau_spread=sp).mean())
                 lines.append(f"| {sp:g} | {step:.3f} | {ratio:.0f} | {fail}/{n} ({div}) | "
                              + " | ".join(cells)
-                             + f" | {largest_training_lr(st, sp):g} | {100 * mean_std:.1f} | "
-                             f"{nfe:.0f} |")
+                             + f" | {_or_dash(largest_training_lr(st, sp), '{:g}')} | "
+                             f"{_or_dash(100 * mean_std, '{:.1f}')} | {nfe:.0f} |")
             lines.append("")
     return "\n".join(lines)
+
+
+def _or_dash(value: float, fmt: str) -> str:
+    return "none" if math.isnan(value) else fmt.format(value)
 
 
 def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) -> list[str]:

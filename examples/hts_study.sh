@@ -14,4 +14,13 @@ for regime in budget tol; do
       --grid "seed=[0,1,2]" --out "$OUT/${ds}_${regime}"
   done
 done
+# more learning rates: between the grid's points where the budget regime changes, and below it
+for ds in mnist fmnist; do
+  "$CTEP" sweep --config "examples/configs/hts_${ds}_budget.toml" \
+    --grid "tau.spread=[0.0,0.5,1.0]" --grid "optimizer.lr=[0.02,0.07,0.14]" \
+    --grid "seed=[0,1,2]" --out "$OUT/${ds}_budget_more_lr"
+  "$CTEP" sweep --config "examples/configs/hts_${ds}_tol.toml" \
+    --grid "tau.spread=[0.0,0.5,1.0]" --grid "optimizer.lr=[0.02]" \
+    --grid "seed=[0,1,2]" --out "$OUT/${ds}_tol_more_lr"
+done
 "$PY" examples/hts_report.py "$OUT" --figures docs/figures --table "$OUT/table.md"
