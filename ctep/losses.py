@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
+from .energies._memo import memoised
+
 
 def _targets_as_float(y: Tensor, width: int, like: Tensor) -> Tensor:
     """Class indices ``(B,)`` become one-hot ``(B, width)``; float targets are checked and cast."""
@@ -46,6 +48,15 @@ class Cost(nn.Module):
         """Predicted class per sample."""
         return self.logits(output).argmax(dim=1)
 
+    def float_targets(self, y: Tensor, width: int, like: Tensor) -> Tensor:
+        """The targets as a float matrix like ``like`` (one-hot of width ``width`` for class
+        indices), memoised while ``y`` is the same unmodified tensor and ``like`` has the same
+        shape, dtype and device: the nudged steps of a relaxation then check the class indices
+        on the host and build the one-hot matrix once, not at every evaluation."""
+        memo = self.__dict__.setdefault("_target_memo", {})
+        key = (width, tuple(like.shape), like.dtype, like.device)
+        return memoised(memo, key, (y,), lambda: _targets_as_float(y, width, like))
+
     def check_targets(self, y: Tensor, batch: int) -> None:
         """Raise a clear error on targets that do not fit a batch of ``batch`` samples."""
         if y.shape[0] != batch:
@@ -61,11 +72,11 @@ class SquaredError(Cost):
     """
 
     def forward(self, output: Tensor, y: Tensor) -> Tensor:
-        d = output - _targets_as_float(y, output.shape[1], output)
+        d = output - self.float_targets(y, output.shape[1], output)
         return 0.5 * d.reshape(d.shape[0], -1).pow(2).sum(dim=1)
 
     def grad_output(self, output: Tensor, y: Tensor) -> Tensor:
-        return output - _targets_as_float(y, output.shape[1], output)
+        return output - self.float_targets(y, output.shape[1], output)
 
 
 class CrossEntropy(Cost):
@@ -97,12 +108,12 @@ class CrossEntropy(Cost):
 
     def forward(self, output: Tensor, y: Tensor) -> Tensor:
         z = self.logits(output)
-        target = _targets_as_float(y, z.shape[1], z)
+        target = self.float_targets(y, z.shape[1], z)
         return -(target * torch.log_softmax(z, dim=1)).sum(dim=1)
 
     def grad_output(self, output: Tensor, y: Tensor) -> Tensor:
         z = self.logits(output)
-        dz = torch.softmax(z, dim=1) - _targets_as_float(y, z.shape[1], z)
+        dz = torch.softmax(z, dim=1) - self.float_targets(y, z.shape[1], z)
         if self.readout is not None:
             dz = dz @ self.readout.weight
         return dz.reshape(output.shape)
