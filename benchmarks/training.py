@@ -291,10 +291,10 @@ def main() -> None:
     base = med.get("bp")
     rows = [{"config": n, "seconds_per_batch": med[n],
              "epoch_seconds": med[n] * BATCHES_PER_EPOCH,
-             "x_bp": med[n] / base if base else float("nan"),
+             "x_bp": med[n] / base if base else None,  # None (JSON null): not measured
              "lit_over_ctep": (med[n] / med[n.replace("lit-", "ep-")]
                                if n.startswith("lit-") and n.replace("lit-", "ep-") in med
-                               else float("nan"))} for n in names]
+                               else None)} for n in names]
     if args.json:
         print(json.dumps({"results": rows, "same_update_rel_diff": same}))
         return
@@ -303,9 +303,10 @@ def main() -> None:
     print("| config | ms / batch | s / epoch (extrapolated) | × BP | literature-style ÷ ctep |")
     print("|---|---|---|---|---|")
     for r in rows:
-        lit = f"{r['lit_over_ctep']:.2f}" if r["lit_over_ctep"] == r["lit_over_ctep"] else ""
+        lit = "" if r["lit_over_ctep"] is None else f"{r['lit_over_ctep']:.2f}"
+        x_bp = "" if r["x_bp"] is None else f"{r['x_bp']:.2f}"
         print(f"| {r['config']} | {1e3 * r['seconds_per_batch']:.1f} | "
-              f"{r['epoch_seconds']:.0f} | {r['x_bp']:.2f} | {lit} |")
+              f"{r['epoch_seconds']:.0f} | {x_bp} | {lit} |")
     print("literature-style update vs ctep's on one batch, max relative difference: "
           + ", ".join(f"{k} {v:.1e}" for k, v in same.items()))
 

@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,32 @@ def test_relaxation_quick_json_schema():
         assert r["nfe"] >= 2
     fixed = {r["tau"]: r for r in rows if r["method"] == "fixed_point"}
     assert all(f["ratio"] == 1.0 for f in fixed.values())
+
+
+def _mnist_root() -> pathlib.Path:
+    env = os.environ.get("CTEP_DATA")
+    return pathlib.Path(env) if env else ROOT / ".." / "shared" / "data"
+
+
+def test_training_benchmark_json_and_same_update():
+    """ctep's EP update equals the literature-style autograd-of-Φ update (bit for bit on this
+    machine), and the JSON rows carry the ratios (null where they do not apply)."""
+    root = _mnist_root()
+    if not (root / "MNIST").is_dir():
+        pytest.skip(f"no MNIST under {root} (set CTEP_DATA to a torchvision root)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training.py"), "--json",
+                          "--data-root", str(root), "--threads", "1",
+                          "--configs", "bp,ep-centered,lit-centered",
+                          "--warmup", "1", "--batches", "1", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300, env=env, check=True)
+    report = json.loads(out.stdout)
+    # bit for bit here (0.0); float32 rounding may differ with another BLAS
+    assert set(report["same_update_rel_diff"]) == {"lit-centered", "lit-one-sided"}
+    assert all(v < 1e-5 for v in report["same_update_rel_diff"].values())
+    rows = {r["config"]: r for r in report["results"]}
+    assert set(rows) == {"bp", "ep-centered", "lit-centered"}
+    assert rows["bp"]["x_bp"] == 1.0 and rows["bp"]["lit_over_ctep"] is None
+    assert rows["lit-centered"]["lit_over_ctep"] > 0
+    for r in rows.values():
+        assert r["epoch_seconds"] == pytest.approx(1200 * r["seconds_per_batch"])
