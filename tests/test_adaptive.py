@@ -203,3 +203,19 @@ def test_no_host_synchronisation_between_checks(monkeypatch):
             reads[method, steps] = counts["n"]
             assert (eq.steps == steps).all()
         assert reads[method, 60] == reads[method, 6], reads
+
+
+def test_complex_states_holomorphic_ep():
+    """Holomorphic EP relaxes complex states: both schemes give the gradients of the
+    fixed-point map (error norms on |·|, real step sizes)."""
+    from ctep.estimators import get_estimator
+
+    field, x, y = problem(activation="tanh", tau="lognormal", tau_spread=0.5)
+    ref = get_estimator("holomorphic", 0.1, points=4, relax=RelaxConfig(
+        method="fixed_point", tol=1e-12, max_steps=10_000))(field, x, y)
+    for method in METHODS:
+        cfg = RelaxConfig(check_every=4, max_steps=50_000, **settings(method, 1e-9, field))
+        est = get_estimator("holomorphic", 0.1, points=4, relax=cfg)(field, x, y)
+        assert any(eq.states[0].is_complex() for eq in est.nudged)
+        assert all(bool(eq.converged.all()) for eq in (est.free, *est.nudged)), method
+        assert max_diff(est.grads, ref.grads) < 1e-7, method
