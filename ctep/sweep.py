@@ -17,8 +17,9 @@ sweep stopped at any point loses at most the run in progress after its last chec
 
 Outcomes of a run (computed when the Dataset is assembled, from the stored per-epoch rows):
 
-* **diverged**: the parameters became non-finite (:class:`~ctep.train.TrainingDiverged`) or the
-  training loss of an epoch is not finite;
+* **diverged**: the parameters became non-finite (:class:`~ctep.train.TrainingDiverged`), a
+  relaxation diverged with ``estimator.on_failure = "raise"``
+  (:class:`~ctep.solve.RelaxationError`), or the training loss of an epoch is not finite;
 * **collapsed** (not diverged): the final test accuracy is at most chance + ``chance_margin``
   (chance = 1/classes), or the test accuracy fell by more than ``collapse_drop`` between two
   consecutive epochs;
@@ -32,10 +33,8 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import pathlib
 import re
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .record import save_dataset
+from .solve import RelaxationError
 from .train import TrainConfig, Trainer, TrainingDiverged
 from .train.batches import load_train_data
 from .train.checkpoint import CHECKPOINT_NAME, atomic_write_text
@@ -120,7 +121,7 @@ def check_grid(grid: Grid) -> None:
         seen.add(key)
         if not values:
             raise ValueError(f"grid key {key!r} has no values")
-        canon = [_canonical(v) for v in values]
+        canon = [_value_key(v) for v in values]
         if len(set(canon)) != len(canon):
             raise ValueError(f"grid key {key!r} repeats a value: {values}")
     if "seed" in seen and seen & set(SEED_KEYS):
@@ -195,7 +196,8 @@ def run_sweep(base: TrainConfig, grid: Grid, out: str | pathlib.Path, *,
     points = expand_grid(grid)
     configs = [point_config(base, p) for p in points]  # every point validated before any run
     ids = [run_id(p) for p in points]
-    _claim_folder(out, base, grid)
+    spec = _sweep_spec(base, grid)
+    unclaimed = _check_folder(out, spec)  # sweep.json is written once the first data loads
     report = SweepReport(total=len(points))
     say = log or (lambda _line: None)
     # runs that share their data settings run next to each other: the data is loaded once
@@ -214,6 +216,9 @@ def run_sweep(base: TrainConfig, grid: Grid, out: str | pathlib.Path, *,
         if cache is None or cache[0] != key:
             cache = None  # free the previous splits first
             cache = (key, load_train_data(cfg.data, cfg.model))
+        if unclaimed:  # a first call that cannot load its data leaves no folder behind
+            atomic_write_text(out / SPEC_NAME, json.dumps(spec, indent=1, allow_nan=True))
+            unclaimed = False
         resume = (folder / CHECKPOINT_NAME).exists()
         report.resumed += resume
         report.started += not resume
@@ -242,8 +247,8 @@ def _run_point(cfg: TrainConfig, point: dict[str, Any], rid: str, folder: pathli
         history = trainer.run(stop_after_batches=stop)
         if stop is not None and trainer.epoch < cfg.train.epochs:
             return None
-    except TrainingDiverged as exc:
-        status, message = "diverged", str(exc)
+    except (TrainingDiverged, RelaxationError) as exc:  # a relaxation error: on_failure="raise"
+        status, message = "diverged", f"{type(exc).__name__}: {exc}"
         history = trainer.history
     finally:
         trainer.dist.close()
@@ -277,10 +282,15 @@ def _tau_summary(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
     return {"tau_ratio": float(taus.max() / taus.min()), "mean_step": step}
 
 
-def _claim_folder(out: pathlib.Path, base: TrainConfig, grid: Grid) -> None:
-    """Write ``sweep.json`` in a new folder, or check that an existing one matches."""
-    spec = {"format": SWEEP_FORMAT, "base": _comparable(base.to_dict()),
+def _sweep_spec(base: TrainConfig, grid: Grid) -> dict[str, Any]:
+    """What ``sweep.json`` holds: the format, the base config (less COSMETIC_KEYS), the grid."""
+    return {"format": SWEEP_FORMAT, "base": _comparable(base.to_dict()),
             "grid": [[k, list(v)] for k, v in grid]}
+
+
+def _check_folder(out: pathlib.Path, spec: Mapping[str, Any]) -> bool:
+    """Whether ``out`` is new (``sweep.json`` still to be written); raise
+    :class:`SweepMismatchError` if it holds another sweep, or files but no ``sweep.json``."""
     path = out / SPEC_NAME
     if path.exists():
         try:
@@ -298,10 +308,10 @@ def _claim_folder(out: pathlib.Path, base: TrainConfig, grid: Grid) -> None:
         if differ:
             raise SweepMismatchError(f"{out} holds a sweep with another base config: "
                                      f"{', '.join(differ)} differ; use another --out folder")
-        return
+        return False
     if out.exists() and any(out.iterdir()):
         raise SweepMismatchError(f"{out} exists and holds no {SPEC_NAME}: not a sweep folder")
-    atomic_write_text(path, json.dumps(spec, indent=1, allow_nan=True))
+    return True
 
 
 def _comparable(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -328,6 +338,14 @@ def _grid_text(grid) -> str:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
+def _value_key(value: Any) -> Any:
+    """What makes two grid values the same point: numbers by value (1 and 1.0 give the same
+    config), anything else (booleans included) by its canonical JSON."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return _canonical(value)
 
 
 def _data_key(cfg: TrainConfig) -> str:
@@ -430,15 +448,7 @@ def write_results(out: str | pathlib.Path, outcome: Outcome | None = None) -> xr
     grid = [(k, v) for k, v in spec["grid"]]
     ds = results_dataset(grid, read_results(out), outcome,
                          {"base_config": json.dumps(spec["base"])})
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RESULTS_NAME}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp)
-        os.replace(tmp, out / RESULTS_NAME)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_dataset(ds, out / RESULTS_NAME)  # temporary file, fsync, rename
     return ds
 
 

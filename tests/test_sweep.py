@@ -68,6 +68,7 @@ def test_grid_expansion_ids_and_point_configs():
     (["tau.spread=[]"], "no values"),
     (["seed=[0]", "model.seed=[1]"], "do not grid those"),
     (["tau.spread=[0.5]", "tau.spread=[1.0]"], "twice"),
+    (["optimizer.lr=[1, 1.0]"], "repeats a value"),  # the same config twice
 ])
 def test_bad_grids_are_refused(items, message):
     with pytest.raises(ValueError, match=message):
@@ -171,6 +172,35 @@ def test_a_diverging_run_is_recorded_not_raised(tmp_path):
     assert result["status"] == "diverged" and "non-finite" in result["message"]
     # rerunning skips both (a diverged run is finished)
     assert run_sweep(cfg, parse_grid(["optimizer.lr=[0.001, 1e6]"]), out).skipped == 2
+
+
+def test_a_relaxation_error_is_recorded_as_divergence(tmp_path):
+    """With estimator.on_failure = "raise" a diverging relaxation raises RelaxationError inside
+    the run: the sweep records the run as diverged and goes on (it used to stop the sweep)."""
+    cfg = base('estimator.on_failure="raise"', "model.init_scale=3.0", "train.epochs=1")
+    out = tmp_path / "s"
+    grid = parse_grid(['model.activation=["sigmoid", "identity"]'])
+    report = run_sweep(cfg, grid, out)
+    assert (report.started, report.diverged) == (2, 1)
+    ds = xr.load_dataset(out / "results.nc")
+    assert ds["diverged"].values.tolist() == [0, 1]
+    assert ds["finished"].values.tolist() == [1, 1]
+    result = json.loads(next((out / "runs").glob("model.activation-*identity*/result.json"))
+                        .read_text())
+    assert result["status"] == "diverged"
+    assert result["message"].startswith("RelaxationError:") and "DIVERGED" in result["message"]
+
+
+def test_a_first_call_without_data_leaves_no_sweep_behind(tmp_path):
+    """A first call whose data cannot be loaded (a wrong data root) must not claim the folder:
+    the corrected call (another data.root, so another base config) then runs there."""
+    out = tmp_path / "s"
+    grid = parse_grid(["optimizer.lr=[0.1]"])
+    missing = base('data.name="mnist"', f'data.root="{(tmp_path / "nodata").as_posix()}"')
+    with pytest.raises(FileNotFoundError, match="could not be loaded"):
+        run_sweep(missing, grid, out)
+    assert not (out / "sweep.json").exists()
+    assert run_sweep(base("train.epochs=1"), grid, out).started == 1
 
 
 def test_collapse_rule():
