@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sweep folder; rerunning the same command there resumes the sweep")
     p.add_argument("--data-root", default=None,
                    help="torchvision data root (overrides data.root; default $CTEP_DATA or "
-                        "./data)")
+                        "./data). It becomes part of the sweep's base config: a rerun in the "
+                        "same --out must give the same root (use $CTEP_DATA to move the data)")
     p.add_argument("--max-runs", type=int, default=None,
                    help="stop after starting or resuming this many runs (rerun to continue)")
     p.add_argument("--chance-margin", type=float, default=0.05,
