@@ -3,8 +3,9 @@
 Usage: python examples/hts_path_check.py RUN_FOLDER [--spreads 0 0.5 1] [--seed 0]
 
 Loads the weights of a finished ``ctep train`` / ``ctep sweep`` run, casts the network to
-float64, and relaxes the run's test split with the per-neuron map (h_i = min(1, dt/τ_i), the
-run's ``relax.dt``) for log-normal τ of several spreads (mean rate normalised as in the run).
+float64, and relaxes the run's test split with the per-neuron map (h_i = min(1, damping·dt/τ_i),
+the run's ``relax.dt`` and ``relax.damping``) for log-normal τ of several spreads (mean rate
+normalised as in the run).
 For each spread and each relaxation — the run's fixed budget of free steps, and to tolerance
 1e-3 and 1e-6 — it prints the test accuracy, the fraction of predictions equal to those of the
 reference (homogeneous τ relaxed to 1e-10), the largest state difference from the reference and
@@ -34,12 +35,12 @@ from ctep.train.batches import load_train_data
 from ctep.train.build import build_field, build_tau
 
 
-def relax_split(field, x, y, *, dt, steps, tol, check_every, chunk=1000):
+def relax_split(field, x, *, dt, damping, steps, tol, check_every, chunk=1000):
     """Free-phase states of the whole split (last layer), steps and convergence per sample."""
     outs, steps_all, ok = [], [], []
     for i in range(0, len(x), chunk):
-        eq = relax(field.bind(x[i:i + chunk]), method="fixed_point", dt=dt, tol=tol,
-                   max_steps=steps, check_every=check_every)
+        eq = relax(field.bind(x[i:i + chunk]), method="fixed_point", dt=dt, damping=damping,
+                   tol=tol, max_steps=steps, check_every=check_every)
         outs.append(eq.states[-1])
         steps_all.append(eq.steps)
         ok.append(eq.status == int(Status.CONVERGED))
@@ -76,8 +77,9 @@ def main() -> None:
                         torch.float64)
         return VectorField(energy, cost, tau)
 
-    ref_out, _, ref_ok = relax_split(field_for(0.0), x, y, dt=dt, steps=20_000, tol=1e-10,
-                                     check_every=5)
+    damping = cfg.relax.damping
+    ref_out, _, ref_ok = relax_split(field_for(0.0), x, dt=dt, damping=damping, steps=20_000,
+                                     tol=1e-10, check_every=5)
     ref_pred = cost.predict(ref_out)
     print(f"run {args.run} ({'initial' if args.at_init else 'trained'} weights): {len(y)} "
           f"test samples; reference (τ ≡ {cfg.tau.mean:g}, to 1e-10): "
@@ -91,8 +93,8 @@ def main() -> None:
                ("to tol 1e-3", 20_000, 1e-3, 2), ("to tol 1e-6", 20_000, 1e-6, 2)]
     for label, steps, tol, check in regimes:
         for spread in args.spreads:
-            out, n_steps, ok = relax_split(field_for(spread), x, y, dt=dt, steps=steps, tol=tol,
-                                           check_every=check)
+            out, n_steps, ok = relax_split(field_for(spread), x, dt=dt, damping=damping,
+                                           steps=steps, tol=tol, check_every=check)
             pred = cost.predict(out)
             acc = float((pred == y).double().mean())
             agree = float((pred == ref_pred).double().mean())
@@ -110,11 +112,12 @@ def gradient_check(cfg, data, field_for, spreads, n: int, dt: float) -> None:
     x, y = data.train.batch(torch.arange(min(n, len(data.train))))
     x = x.double()
     r = cfg.relax
-    budget = (RelaxConfig(method="fixed_point", dt=dt, tol=r.tol, check_every=0,
-                          max_steps=r.free_steps),
-              RelaxConfig(method="fixed_point", dt=dt, tol=r.tol, check_every=0,
-                          max_steps=r.nudged_steps))
-    exact = RelaxConfig(method="fixed_point", dt=dt, tol=1e-6, check_every=2, max_steps=20_000)
+    budget = (RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=r.tol,
+                          check_every=0, max_steps=r.free_steps),
+              RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=r.tol,
+                          check_every=0, max_steps=r.nudged_steps))
+    exact = RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=1e-6, check_every=2,
+                        max_steps=20_000)
     e = cfg.estimator
 
     def grads(spread: float, phases) -> tuple[torch.Tensor, ...]:
