@@ -45,6 +45,7 @@ import xarray as xr
 
 from .record import save_dataset
 from .solve import RelaxationError
+from .solve.relax import per_neuron_steps
 from .train import TrainConfig, Trainer, TrainingDiverged
 from .train.batches import load_train_data
 from .train.checkpoint import CHECKPOINT_NAME, atomic_write_text
@@ -267,14 +268,17 @@ def _run_point(cfg: TrainConfig, point: dict[str, Any], rid: str, folder: pathli
 
 
 def _tau_summary(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
-    """τmax/τmin of the run's draw, and the mean step of the discrete map over neurons
-    (min(1, damping·dt/τ_i) with ``relax.dt``, else the τ-free damping)."""
+    """τmax/τmin of the run's draw, and the mean over neurons of the step the discrete map
+    takes (:func:`~ctep.solve.relax.per_neuron_steps`, h_i = min(1, damping·dt/τ_i), with
+    ``relax.dt``; else the τ-free damping; NaN for other methods)."""
     import torch
 
-    taus = torch.cat([t.detach().reshape(-1).double().cpu() for t in trainer.field.tau()])
+    tau = tuple(t.detach() for t in trainer.field.tau())
+    taus = torch.cat([t.reshape(-1).double().cpu() for t in tau])
     r = cfg.relax
-    if r.method == "fixed_point" and r.dt > 0:
-        step = float(torch.clamp(r.damping * r.dt / taus, max=1.0).mean())
+    if r.method == "fixed_point" and r.dt > 0:  # the steps the run took, in its dtype
+        h = per_neuron_steps(tau, r.dt, r.damping)
+        step = float(torch.cat([x.reshape(-1).double().cpu() for x in h]).mean())
     elif r.method == "fixed_point":
         step = r.damping
     else:
