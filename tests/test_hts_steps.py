@@ -157,3 +157,24 @@ def test_bptt_baseline_unrolls_the_same_per_neuron_map():
                  max_steps=15, check_every=0)
     for a, b in zip(graph, loop.states, strict=True):
         assert torch.allclose(a, b, atol=1e-14, rtol=0)
+
+
+def test_bptt_training_unrolls_the_per_neuron_map():
+    """``[relax] dt`` reaches the trainer's BPTT baseline: with τ ≡ dt the run equals the τ-free
+    map's bit for bit; heterogeneous τ changes the loss of the first epoch, which BPTT measures
+    on its own unrolled states."""
+    from ctep.train import train
+
+    common = ['data.name="synthetic"', "data.synthetic_features=6", "data.synthetic_classes=3",
+              "data.synthetic_train=24", "data.synthetic_test=12", "data.batch_size=8",
+              "model.hidden=[5]", 'model.activation="sigmoid"', 'model.dtype="float64"',
+              'train.mode="bptt"', "train.bptt_steps=6", "relax.free_steps=6",
+              "train.epochs=1", "train.progress=false", "optimizer.lr=0.1"]
+
+    def loss(*extra: str) -> float:
+        return train(load_config(None, [*common, *extra]))[-1]["loss"]
+
+    free = loss()
+    assert loss("tau.mean=0.5", "relax.dt=0.5") == free
+    assert loss('tau.distribution="lognormal"', "tau.spread=1.0", 'tau.normalize="rate"',
+                "relax.dt=1.0") != free
