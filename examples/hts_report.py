@@ -14,6 +14,7 @@ failed and every seed ended within ``MARGIN`` (10 points) of the panel's best me
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pathlib
 
@@ -21,8 +22,7 @@ import numpy as np
 import xarray as xr
 
 DATASETS = (("mnist", "MNIST"), ("fmnist", "Fashion-MNIST"))
-REGIMES = (("budget", "(a) fixed budget, 20 + 2x8 map steps"),
-           ("tol", "(b) to tolerance 1e-3"))
+REGIMES = (("budget", "(a) fixed budget"), ("tol", "(b) to tolerance"))
 #: a cell trains when every seed ends within this of the panel's best mean accuracy
 MARGIN = 0.10
 
@@ -43,6 +43,22 @@ def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
     if not found:
         raise SystemExit(f"no results.nc under {out}/<dataset>_<regime>/")
     return found
+
+
+def regime_label(ds: xr.Dataset, regime: str) -> str:
+    """The regime's name with its relaxation settings, read from the sweep's base config."""
+    relax = json.loads(ds.attrs["base_config"])["relax"]
+    name = dict(REGIMES)[regime]
+    if regime == "budget":
+        return (f"{name} {relax['free_steps']} + {relax['nudged_steps']} steps/phase, "
+                f"dt {relax['dt']:g}")
+    return f"{name} {relax['tol']:.0e}, dt {relax['dt']:g}".replace("e-0", "e-")
+
+
+def tau_label(ds: xr.Dataset) -> str:
+    """The τ distribution of the sweep (legend title)."""
+    tau = json.loads(ds.attrs["base_config"])["tau"]
+    return f"{tau['distribution']} τ"
 
 
 def cell_stats(ds: xr.Dataset) -> dict[str, xr.DataArray]:
@@ -74,14 +90,15 @@ def table(results: dict[tuple[str, str], xr.Dataset]) -> str:
     """Markdown: per dataset, regime and spread, failures, accuracy per lr, largest lr."""
     lines = []
     for (name, label) in DATASETS:
-        for regime, rlabel in REGIMES:
+        for regime, _ in REGIMES:
             ds = results.get((name, regime))
             if ds is None:
                 continue
+            rlabel = regime_label(ds, regime)
             st = cell_stats(ds)
             lrs = [float(v) for v in ds["optimizer_lr"].values]
             lines += [f"**{label}, {rlabel}** (test accuracy %, mean ± std over the seeds "
-                      "that trained; [k/n] = k of n seeds failed)", "",
+                      "that did not fail; [k/n] = k of n seeds failed)", "",
                       "| τ spread | mean step | τmax/τmin | failed (div.) | "
                       + " | ".join(f"lr {lr:g}" for lr in lrs)
                       + " | largest lr that trains | std where it trains | NFE/sample |",
@@ -132,10 +149,11 @@ def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) ->
             for col, (regime, rlabel) in enumerate(REGIMES):
                 ax = axes[row, col]
                 ds = results.get((name, regime))
-                ax.set_title(f"{label}, {rlabel}", fontsize=8)
                 if ds is None:
+                    ax.set_title(f"{label}, {rlabel}", fontsize=8)
                     ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
                     continue
+                ax.set_title(f"{label}, {regime_label(ds, regime)}", fontsize=8)
                 st = cell_stats(ds)
                 lrs = ds["optimizer_lr"].values
                 for i, spread in enumerate(ds["tau_spread"].values):
@@ -160,9 +178,11 @@ def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) ->
                 if col == 0:
                     ax.set_ylabel("final test accuracy (%)" if kind == "accuracy"
                                   else "fraction of seeds")
-        axes[0, 0].legend(fontsize=7, title="log-normal τ", title_fontsize=7)
-        fig.suptitle("HTS study: " + ("test accuracy of the runs that trained (mean ± std, "
-                                      "3 seeds)" if kind == "accuracy" else
+        first = next(iter(results.values()))
+        axes[0, 0].legend(fontsize=7, title=tau_label(first), title_fontsize=7)
+        seeds = max(ds.sizes["seed"] for ds in results.values())
+        fig.suptitle("HTS study: " + ("test accuracy of the runs that did not fail (mean ± std, "
+                                      f"{seeds} seeds)" if kind == "accuracy" else
                                       "seeds that diverged or collapsed (solid) and that ended "
                                       f"> {100 * MARGIN:.0f} points below the best (dashed)"),
                      fontsize=9)
