@@ -57,8 +57,9 @@ RESULT_NAME = "result.json"
 RESULTS_NAME = "results.nc"
 #: the config keys the ``seed`` shorthand sets
 SEED_KEYS = ("model.seed", "tau.seed", "data.seed", "estimator.seed", "train.seed")
-#: base-config keys a rerun may change (they do not change results)
-COSMETIC_KEYS = ("train.progress", "train.log_every")
+#: base-config keys a rerun may change (they do not change results: resume is exact wherever
+#: the checkpoints fall)
+COSMETIC_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every")
 #: per-epoch columns of the run metrics copied into the Dataset
 EPOCH_VARIABLES = ("loss", "train_acc", "test_acc", "test_loss", "nonconverged", "nfe",
                    "residual", "seconds")
@@ -313,6 +314,8 @@ def _check_folder(out: pathlib.Path, spec: Mapping[str, Any]) -> bool:
             raise SweepMismatchError(f"{out} holds a sweep with another base config: "
                                      f"{', '.join(differ)} differ; use another --out folder")
         return False
+    if out.exists() and not out.is_dir():
+        raise SweepMismatchError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise SweepMismatchError(f"{out} exists and holds no {SPEC_NAME}: not a sweep folder")
     return True

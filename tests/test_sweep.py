@@ -147,13 +147,15 @@ def test_a_changed_sweep_is_refused(tmp_path):
     with pytest.raises(SweepMismatchError, match=r"estimator.beta \(0.5 then, 0.3 now\)"):
         run_sweep(base("train.epochs=1", "estimator.beta=0.3"), grid, out)
     # cosmetic keys may change
-    run_sweep(base("train.epochs=1", "train.progress=true", "train.log_every=7"), grid, out,
-              max_runs=1)
+    run_sweep(base("train.epochs=1", "train.progress=true", "train.log_every=7",
+                   "train.checkpoint_every=3"), grid, out, max_runs=1)
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("x")
     with pytest.raises(SweepMismatchError, match="not a sweep folder"):
         run_sweep(base(), grid, other)
+    with pytest.raises(SweepMismatchError, match="not a folder"):
+        run_sweep(base(), grid, other / "notes.txt")
 
 
 def test_a_diverging_run_is_recorded_not_raised(tmp_path):
