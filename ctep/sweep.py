@@ -6,7 +6,8 @@ where ``key`` is a config key ``section.key`` or ``seed`` (shorthand that sets `
 Cartesian product is one :class:`ctep.train.Trainer` run in ``DIR/runs/<run id>``. The folder
 holds::
 
-    DIR/sweep.json        the base config and the grid (a rerun must match them)
+    DIR/sweep.json        the base config and the grid (a rerun must match them); written
+                          once the first run's data has loaded
     DIR/runs/<id>/        the run folder (config.toml, metrics.csv/.nc, checkpoint.pt)
     DIR/runs/<id>/result.json   written when the run has ended (completed or diverged)
     DIR/results.nc        every finished run, one dimension per grid axis (+ ``epoch``)
@@ -15,14 +16,16 @@ Rerunning the same sweep skips runs with a ``result.json``, resumes runs with a 
 no result, and starts the rest; ``results.nc`` is rewritten atomically after every run, so a
 sweep stopped at any point loses at most the run in progress after its last checkpoint.
 
-Outcomes of a run (computed when the Dataset is assembled, from the stored per-epoch rows):
+Outcomes of a run (*diverged* is recorded in ``result.json`` when the run ends; *collapsed*
+and *trained* are computed from its per-epoch rows when the Dataset is assembled, so other
+thresholds only need the Dataset rewritten):
 
 * **diverged**: the parameters became non-finite (:class:`~ctep.train.TrainingDiverged`), a
   relaxation diverged with ``estimator.on_failure = "raise"``
   (:class:`~ctep.solve.RelaxationError`), or the training loss of an epoch is not finite;
 * **collapsed** (not diverged): the final test accuracy is at most chance + ``chance_margin``
   (chance = 1/classes), or the test accuracy fell by more than ``collapse_drop`` between two
-  consecutive epochs;
+  consecutive epochs (a run that never left chance counts as collapsed too);
 * **trained**: neither.
 """
 
