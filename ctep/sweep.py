@@ -382,7 +382,9 @@ def results_dataset(grid: Grid, results: Sequence[Mapping[str, Any]],
                     ) -> xr.Dataset:
     """One Dataset with a dimension per grid axis (+ ``epoch`` for per-epoch variables).
 
-    Grid points without a result have ``finished = 0`` and NaN everywhere else. Variables:
+    Grid points without a result have ``finished = 0`` and NaN everywhere else. ``epoch`` runs
+    to the longest ``train.epochs`` among the finished runs; a shorter run (another
+    ``train.epochs`` on the grid, or one that diverged) is NaN after its last epoch. Variables:
     ``final_test_acc`` (last epoch; NaN for diverged runs), ``best_test_acc`` (best completed
     epoch), ``epochs_done``, ``diverged``, ``collapsed``, ``trained`` (0/1, −1 unfinished),
     ``nonconverged`` (fraction of training samples whose free phase had not converged in the
