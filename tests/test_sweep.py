@@ -216,15 +216,21 @@ def test_collapse_rule():
         Outcome(collapse_drop=0.0)
 
 
-def test_sweep_cli(tmp_path, capsys):
+def test_sweep_cli(tmp_path, capsys, monkeypatch):
     config = tmp_path / "base.toml"
     config.write_text(base("train.epochs=1").to_toml())
     out = tmp_path / "s"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     argv = ["sweep", "--config", str(config), "--grid", "tau.spread=[0.0, 0.5]", "--out",
             str(out), "--set", "optimizer.lr=0.1"]
     assert ctep_main(argv) == 0
     text = capsys.readouterr().out
     assert "[2/2]" in text and "started 2" in text
+    # nothing written outside --out (neither in the working directory nor next to the config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.toml", "cwd", "s"]
+    assert not any(cwd.iterdir())
     assert xr.load_dataset(out / "results.nc")["finished"].values.tolist() == [1, 1]
     assert ctep_main(argv) == 0
     assert "skipped 2 finished" in capsys.readouterr().out
