@@ -49,6 +49,22 @@ def test_homogeneous_tau_with_dt_equal_tau_is_the_plain_map_bit_for_bit(tau, dty
         assert torch.allclose(stepped.t, plain.t.to(torch.float64) * tau)
 
 
+def test_damping_and_dt_give_the_same_euler_step_and_the_same_time():
+    """h_i = damping·dt/τ_i is an Euler step of damping·dt: (dt 1, damping 0.5) and (dt 0.5,
+    damping 1) are the same map, and must report the same time."""
+    energy = _net(activation="tanh")
+    field = VectorField(energy, "squared_error", TimeConstants.sample(
+        energy.state_shapes, "lognormal", 2.0, 0.5, seed=4, dtype=torch.float64))
+    x, _ = _inputs()
+    damped = relax(field.bind(x), method="fixed_point", tol=1e-9, dt=1.0, damping=0.5)
+    short = relax(field.bind(x), method="fixed_point", tol=1e-9, dt=0.5)
+    assert bool(short.converged.all())
+    for a, b in zip(damped.states, short.states, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(damped.t, short.t)
+    assert torch.allclose(short.t, short.steps.to(torch.float64) * 0.5)
+
+
 def test_heterogeneous_steps_reach_the_same_equilibrium():
     energy = _net(activation="tanh")
     x, y = _inputs()

@@ -29,11 +29,13 @@ class RelaxConfig:
         max_time: torchdiffeq: time cap (default 500·τ_max).
         dt: step of fixed-step methods (default 0.5·τ_min for torchdiffeq's fixed-grid methods,
             τ_min for ``exp_euler``; ``fixed_point`` is τ-free unless dt is set, and then each
-            neuron steps by dt/τ_i, so a homogeneous τ = dt gives the plain map bit for bit).
+            neuron steps by h_i = min(1, damping·dt/τ_i), an Euler step of damping·dt in time,
+            so a homogeneous τ = dt with damping 1 gives the plain map bit for bit).
         damping: h of ``fixed_point`` (1 gives the plain map s ← σ(∂Φ/∂s)); with ``dt`` set,
             a factor on every dt/τ_i.
-        check_every: loops: iterations between residual checks (0: run ``max_steps`` as a fixed
-            budget with no host synchronisation, then measure the residual once).
+        check_every: loops: iterations between residual checks (0: no checks in between: the
+            residual is read at the start, where samples already within ``tol`` stop, and after
+            ``max_steps``; no host synchronisation in the steps between).
         window: torchdiffeq: time to the first residual check (default τ_max); each later window
             is ``window_growth`` times longer.
         window_growth: growth factor of the check windows (≥ 1).

@@ -162,10 +162,12 @@ def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
                      ) -> tuple[Tensor, ...]:
     """Steps of the discrete map with per-neuron time constants: h_i = min(1, damping·dt/τ_i).
 
-    The map s ← s + h ⊙ drive(s) is then forward Euler with step dt on τ ⊙ ds/dt = drive,
-    damped by ``damping`` and clipped at h_i = 1 (the plain map s ← σ(∂Φ/∂s) for that neuron):
-    beyond 1 the step overshoots the map's own fixed-point update. Its fixed points are those
-    of the flow for every τ; its stability needs λ_max(D_h^{1/2} H D_h^{1/2}) < 2 (THEORY §2.1).
+    The map s ← s + h ⊙ drive(s) is then forward Euler with step damping·dt on
+    τ ⊙ ds/dt = drive, clipped at h_i = 1: in the primitive form a unit step is the plain map
+    s_i ← σ(∂Φ/∂s_i) for that neuron, and beyond 1 the step overshoots it. The clip comes after
+    the damping, so neurons with damping·dt/τ_i ≥ 1 take the undamped step 1. Its fixed points
+    are those of the flow for every τ; its stability needs λ_max(D_h^{1/2} H D_h^{1/2}) < 2
+    (THEORY §2.1).
     """
     return tuple(torch.clamp((dt / t.detach()) * damping, max=1.0) for t in taus)
 
@@ -184,7 +186,7 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
             if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
                 raise ValueError(f"fixed_point dt must be positive and finite, got {cfg.dt}")
             h = per_neuron_steps(tuple(field.field.tau()), cfg.dt, cfg.damping)
-            time_per_step = cfg.dt
+            time_per_step = cfg.damping * cfg.dt  # an Euler step of damping·dt in time
     else:  # exp_euler: h = 1 − exp(−dt/τ), exact for the unit leak
         tau_min = min(float((1 / it).min()) for it in field.inv_tau)
         dt = cfg.dt if cfg.dt is not None else tau_min
