@@ -300,7 +300,9 @@ def small_instance(name: str, seed: int = 0, dtype: torch.dtype | str = torch.fl
 def active_set(energy: Energy, x: torch.Tensor, states) -> torch.Tensor:
     """Per-sample codes of the energy's active set, shape ``(B, m)``: max-pool arg-maxes, ReLU
     branch gates, clip regions of clipped units. EP equals the gradient (as β → 0) when these
-    codes are the same at the free and the nudged equilibria."""
+    codes are the same at the free and the nudged equilibria. The codes read the un-nudged
+    pre-activation ∂Φ/∂s: in the primitive form the output's σ also sees −β∂ℓ/∂s, so at finite
+    β also require :func:`active_set_margin` > β·max|∂ℓ/∂s|."""
     if hasattr(energy, "active_set"):
         return energy.active_set(x, tuple(states))
     return _clip_codes(energy, x, energy._activities(tuple(states)))
