@@ -31,3 +31,27 @@ def max_diff(a, b) -> float:
 
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def nudge_keeps_output_clip(field, x, y, est) -> bool:
+    """Whether each nudged equilibrium of ``est`` leaves the output's σ argument in the clip
+    region it has at the free one. The active-set codes (``ctep.models.active_set``) read the
+    un-nudged pre-activation u_L = ∂Φ/∂s_L, but the output's σ sees u_L − β∂ℓ/∂s_L: a clip
+    within β|∂ℓ/∂s| of u_L is crossed with equal codes, and EP then differs from the gradient
+    at O(1) (conv seed 2717, kernel 1, hard sigmoid: margin 7e-4, β = 1e-3, rel_error 0.11)."""
+    energy = field.energy
+    act = energy.activations[-1]
+    if not act.bounded:
+        return True
+
+    def code(states, beta):
+        with torch.no_grad():
+            u = energy.phi_grad(x, energy._activities(tuple(states)))[-1]
+            if beta:
+                u = u - beta * field.cost.grad_output(states[-1], y)
+            u = u.reshape(u.shape[0], -1).real
+            return (u > act.low).to(torch.int8) + (u >= act.high).to(torch.int8)
+
+    free = code(est.free.states, 0)
+    return all(torch.equal(free, code(n.states, b))
+               for n, b in zip(est.nudged, est.betas, strict=True))
