@@ -219,3 +219,21 @@ def test_complex_states_holomorphic_ep():
         assert any(eq.states[0].is_complex() for eq in est.nudged)
         assert all(bool(eq.converged.all()) for eq in (est.free, *est.nudged)), method
         assert max_diff(est.grads, ref.grads) < 1e-7, method
+
+
+def test_loose_etd2_is_the_map_and_fails_where_the_map_fails():
+    """etd2 at rtol = 1 with a first step of 10·τ_max (the "etd2-loose" benchmark setting) is
+    the fixed-point map applied twice per step: on a nudged linear net where the map diverges
+    and the flow is stable, rk23 converges and loose etd2 does not."""
+    from ctep import DenseHopfield, VectorField
+
+    energy = DenseHopfield([10, 20, 5], "identity", seed=0, dtype=torch.float64)
+    x = torch.rand(4, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bound = VectorField(energy, "squared_error").bind(x, torch.tensor([0, 1, 2, 3]), 1.5)
+    tau_max = max(float(t.max()) for t in bound.field.tau())
+    common = dict(tol=1e-6, max_steps=1000, check_every=1)
+    assert bool(relax(bound, method="fixed_point", **common).diverged.all())
+    assert bool(relax(bound, method="rk23", **common).converged.all())
+    loose = relax(bound, method="etd2", rtol=1.0, atol=1e-6, dt=10 * tau_max,
+                  max_time=math.inf, **common)
+    assert not bool(loose.converged.any())
