@@ -52,8 +52,15 @@ class Cost(nn.Module):
         """The targets as a float matrix like ``like`` (one-hot of width ``width`` for class
         indices), memoised while ``y`` is the same unmodified tensor and ``like`` has the same
         shape, dtype and device: the nudged steps of a relaxation then check the class indices
-        on the host and build the one-hot matrix once, not at every evaluation."""
+        on the host and build the one-hot matrix once, not at every evaluation. Only entries for
+        the current ``y`` are kept (a new target tensor, e.g. the sub-batch ``y[idx]`` left after
+        samples finish, drops the others), so the memo holds one batch's targets, not one per
+        batch size seen. A change of ``y`` through ``y.data`` (which does not bump the version
+        counter) is not seen."""
         memo = self.__dict__.setdefault("_target_memo", {})
+        stale = [k for k, hit in memo.items() if hit[0][0] is not y]
+        for k in stale:
+            del memo[k]
         key = (width, tuple(like.shape), like.dtype, like.device)
         return memoised(memo, key, (y,), lambda: _targets_as_float(y, width, like))
 

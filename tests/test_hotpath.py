@@ -60,3 +60,11 @@ def test_cost_targets_are_memoised_and_still_checked(monkeypatch):
         assert cost.grad_output(out.float(), y).dtype == torch.float32
         with pytest.raises(ValueError, match="class indices"):
             cost.grad_output(out, torch.tensor([0, 4, 1, 2, 2, 0]))
+        # sub-batches (samples leaving a relaxation) replace the memo instead of piling up:
+        # one entry per dtype of the current targets, none kept for earlier target tensors
+        for b in range(6, 0, -1):
+            yb = y[:b]
+            cost.grad_output(out[:b], yb)
+            cost.grad_output(out[:b].float(), yb)
+            assert len(cost._target_memo) == 2
+            assert all(hit[0][0].shape[0] == b for hit in cost._target_memo.values())
