@@ -155,6 +155,12 @@ def test_time_cap_step_cap_and_bad_arguments():
         integrate_adaptive(bound, s0, math.inf)
     with pytest.raises(RuntimeError, match="did not reach"):
         integrate_adaptive(bound, s0, 50.0, rtol=1e-12, atol=1e-14, max_steps=5)
+    # a NaN sample is reported as stuck at once (it used to run all 100 000 default steps,
+    # about a minute, and then report "did not reach")
+    s0[0][1, 0] = math.nan
+    for method in METHODS:
+        with pytest.raises(RuntimeError, match="1 sample.*stopped on a step below"):
+            integrate_adaptive(bound, s0, 3.0, method=method, max_steps=1000)
 
 
 def test_controller_factor():

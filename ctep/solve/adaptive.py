@@ -321,12 +321,14 @@ def integrate_adaptive(field: BoundField, s0: States, t_end: float, *, method: s
                        max_steps: int = 100_000) -> Integration:
     """Integrate every sample from t = 0 to ``t_end`` with its own step sizes (no stopping on
     the residual); the last step of each sample is clipped to land on ``t_end``. Whether all
-    samples have arrived is read on the host every 16 steps (samples that arrive early take
-    zero steps until then).
+    samples have arrived, and whether one is stuck, is read on the host every 16 steps
+    (samples that arrive early take zero steps until then).
 
     Raises:
         ValueError: bad arguments.
-        RuntimeError: some sample had not reached ``t_end`` after ``max_steps`` steps.
+        RuntimeError: some sample had not reached ``t_end`` after ``max_steps`` steps, or its
+            step fell below 1e-12·τ_min after repeated rejections (non-finite states or error
+            estimates: it would never arrive).
     """
     if method not in SCHEMES:
         raise ValueError(f"unknown adaptive method {method!r}; known: {', '.join(SCHEMES)}")
@@ -338,12 +340,22 @@ def integrate_adaptive(field: BoundField, s0: States, t_end: float, *, method: s
     with torch.no_grad():
         s = field.energy.clamp(tuple(x.detach().clone() for x in s0))
         run = _Stepper(SCHEMES[method], field, s, rtol, atol, first_step)
+        h_min = MIN_STEP_FRACTION * min(float((1 / it).min()) for it in field.inv_tau)
         steps = 0
         while steps < max_steps:
             run.step(t_end)
             steps += 1
-            if steps % 16 == 0 and bool((run.t >= t_end).all()):
-                break
+            if steps % 16 == 0:
+                arrived = run.t >= t_end
+                stuck = ~arrived & (run.h < h_min)
+                all_arrived, any_stuck = torch.stack([arrived.all(), stuck.any()]).tolist()
+                if any_stuck:
+                    raise RuntimeError(
+                        f"{int(stuck.sum())} sample(s) stopped on a step below {h_min:.3g} "
+                        f"(1e-12·τ_min) before t = {t_end:g} (non-finite states or error "
+                        "estimates, or a step size that cannot meet the tolerances)")
+                if all_arrived:
+                    break
         if not bool((run.t >= t_end).all()):
             raise RuntimeError(f"{int((run.t < t_end).sum())} sample(s) did not reach t = "
                                f"{t_end:g} within {max_steps} steps")
