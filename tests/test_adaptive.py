@@ -144,8 +144,10 @@ def test_time_cap_step_cap_and_bad_arguments():
         relax(bound, method="rk23", record=True)
     with pytest.raises(ValueError, match="first step"):
         relax(bound, method="etd2", dt=-1.0)
-    with pytest.raises(ValueError, match="rtol and atol"):
-        relax(bound, method="rk23", rtol=0.0, atol=0.0)
+    for rtol, atol in ((0.0, 0.0), (1e-4, 0.0), (1e-4, math.inf), (-1.0, 1e-6)):
+        # atol = 0 used to be accepted and made every step of a zero start fail (0/0)
+        with pytest.raises(ValueError, match="atol > 0"):
+            relax(bound, method="rk23", rtol=rtol, atol=atol)
     with pytest.raises(ValueError, match="max_time"):
         relax(bound, method="rk23", max_time=0.0)
     s0 = field.energy.init_states(x.shape[0], dtype=torch.float64)

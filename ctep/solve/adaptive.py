@@ -189,11 +189,17 @@ def initial_step(field: BoundField, s: States, d: States, order: int, rtol: floa
 
 def tolerances(cfg: RelaxConfig) -> tuple[float, float]:
     """(rtol, atol): the config's, or rtol = min(1e-3, tol) and atol = tol/10 (as for
-    torchdiffeq; floored at 1e-13 and 1e-15)."""
+    torchdiffeq; floored at 1e-13 and 1e-15).
+
+    atol must be positive: a state entry that is exactly 0 before and after a step (the zero
+    start, a neuron held at the box's edge by the projection) has no relative scale, so with
+    atol = 0 its error ratio is 0/0 or e/0 and every step of the sample would be rejected.
+    """
     rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
     atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
-    if not (rtol >= 0 and atol >= 0 and rtol + atol > 0 and math.isfinite(rtol + atol)):
-        raise ValueError(f"rtol and atol must be finite, ≥ 0 and not both 0; got rtol {rtol}, "
+    if not (rtol >= 0 and atol > 0 and math.isfinite(rtol + atol)):
+        raise ValueError(f"rk23/etd2 need a finite rtol ≥ 0 and a finite atol > 0 (a state "
+                         f"that is exactly 0 has no relative scale); got rtol {rtol}, "
                          f"atol {atol}")
     return rtol, atol
 
