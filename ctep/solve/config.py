@@ -26,7 +26,7 @@ class RelaxConfig:
             ``euler``, ``midpoint``, ``rk4``, ...).
         tol: residual tolerance on ‖τ ⊙ ds/dt‖∞ (= ‖∂F/∂s‖∞ for gradient fields).
         max_steps: loops: iteration cap; torchdiffeq: cap on solver steps within one check window.
-        max_time: torchdiffeq: time cap (default 500·τ_max).
+        max_time: torchdiffeq, ``rk23``, ``etd2``: time cap (default 500·τ_max).
         dt: step of fixed-step methods (default 0.5·τ_min for torchdiffeq's fixed-grid methods,
             τ_min for ``exp_euler``; ``fixed_point`` is τ-free unless dt is set, and then each
             neuron steps by h_i = min(1, damping·dt/τ_i), an Euler step of damping·dt in time,
@@ -39,8 +39,9 @@ class RelaxConfig:
         window: torchdiffeq: time to the first residual check (default τ_max); each later window
             is ``window_growth`` times longer.
         window_growth: growth factor of the check windows (≥ 1).
-        rtol, atol: torchdiffeq's local error tolerances (max norm). Defaults: rtol =
-            min(1e-3, tol) and atol = tol/10. Looser values leave the residual on a floor above
+        rtol, atol: local error tolerances (max norm) of torchdiffeq's adaptive methods and of
+            ``rk23``/``etd2`` (which need atol > 0). Defaults: rtol = min(1e-3, tol) and
+            atol = tol/10. Looser values leave the residual on a floor above
             tol once τ is heterogeneous (SOLVER_NOTES.md §2; measured here: rtol 1e-3 stalls at
             2e-4 with gamma τ of spread 1); tighter ones cost evaluations for nothing.
         polish: Newton steps after the relaxation (dense per-sample Jacobian: small nets only).
