@@ -63,10 +63,26 @@ def test_config_round_trips_through_toml(tmp_path):
     ("relax.tol=0", "relax.tol"),
     ("optimizer.lr=[0.1, -1]", "optimizer.lr"),
     ('model.dtype="float16"', "model.dtype"),
+    ("model.hidden=[2.5]", "integer widths"),
+    ('model.hidden=["8"]', "integer widths"),
+    ("model.init_scale=0", "init_scale"),
+    ("tau.mean=0", "tau.mean"),
+    ("tau.per_layer=[0.5, -1]", "per_layer"),
+    ("relax.damping=1.5", "damping"),
+    ("estimator.points=0", "points"),
+    ("optimizer.momentum=1", "momentum"),
+    ("optimizer.momentum=0", "nesterov"),  # with the nesterov=true below
+    ("optimizer.betas=[0.9]", "betas"),
+    ("schedule.step_size=0", "step_size"),
+    ("schedule.eta_min=2", "eta_min"),
+    ("train.bptt_steps=-1", "bptt_steps"),
+    ('relax.method="exp_euler"', "unrolls the fixed_point map"),  # with mode bptt below
 ])
 def test_bad_config_values_are_named(item, message):
+    extra = {"nesterov": ["optimizer.nesterov=true"],
+             "unrolls the fixed_point map": ['train.mode="bptt"']}.get(message, [])
     with pytest.raises(ValueError, match=message):
-        synthetic(item)
+        synthetic(item, *extra)
 
 
 def test_override_parsing():

@@ -157,7 +157,7 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     if s.name == "cosine":
         return s.eta_min + (1 - s.eta_min) * 0.5 * (1 + math.cos(math.pi * e / total))
     if s.name == "step":
-        return s.gamma ** (e // max(s.step_size, 1))
+        return s.gamma ** (e // s.step_size)
     return 1.0
 
 

@@ -253,8 +253,23 @@ class TrainConfig:
         _require(d.test_batch_size >= 1, "data.test_batch_size must be ≥ 1")
         _require(d.train_subset >= 0 and d.test_subset >= 0, "data subsets must be ≥ 0")
         _require(0 <= d.val_fraction < 1, "data.val_fraction must lie in [0, 1)")
-        _require(all(int(h) >= 1 for h in m.hidden), "model.hidden widths must be ≥ 1")
+        _require(d.synthetic_features >= 1 and d.synthetic_classes >= 2
+                 and d.synthetic_train >= 1 and d.synthetic_test >= 1,
+                 "data.synthetic_features, synthetic_train and synthetic_test must be ≥ 1 and "
+                 "data.synthetic_classes ≥ 2")
+        _require(all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                     for h in m.hidden),
+                 f"model.hidden must list integer widths ≥ 1, got {m.hidden!r}")
         _require(m.dtype in DTYPE_NAMES, f"model.dtype must be one of {sorted(DTYPE_NAMES)}")
+        _require(m.init_scale > 0 and math.isfinite(m.init_scale), "model.init_scale must be > 0")
+        _require(m.alpha >= 0 and math.isfinite(m.alpha), "model.alpha must be ≥ 0 (0: the "
+                 "activation's default)")
+        _require(self.tau.mean > 0 and math.isfinite(self.tau.mean), "tau.mean must be > 0")
+        _require(all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and math.isfinite(v) and v >= 0
+                     for v in (self.tau.spread, *self.tau.per_layer)),
+                 "tau.spread and tau.per_layer must be numbers ≥ 0")
+        _require(0 < r.damping <= 1, "relax.damping must lie in (0, 1]")
         _require(r.free_steps >= 1 and r.nudged_steps >= 1,
                  "relax.free_steps and relax.nudged_steps must be ≥ 1")
         _require(r.tol > 0 and math.isfinite(r.tol), "relax.tol must be > 0")
@@ -265,16 +280,38 @@ class TrainConfig:
         _require(self.tau.normalize in TAU_NORMALIZATIONS, f"tau.normalize must be one of "
                  f"{list(TAU_NORMALIZATIONS)}, got {self.tau.normalize!r}")
         _require(e.beta > 0 and math.isfinite(e.beta), "estimator.beta must be > 0")
+        _require(e.points >= 1, "estimator.points must be ≥ 1")
+        _require(e.temperature >= 0 and math.isfinite(e.temperature),
+                 "estimator.temperature must be ≥ 0 (0: the estimator's default)")
         lrs = o.lr if isinstance(o.lr, list) else [o.lr]
         _require(len(lrs) > 0 and all(x >= 0 and math.isfinite(x) for x in lrs),
                  "optimizer.lr must be ≥ 0 (one value or one per layer)")
         _require(o.name in ("sgd", "adam"), f"optimizer.name must be sgd or adam, got {o.name!r}")
-        _require(self.schedule.name in ("none", "cosine", "step"),
-                 f"schedule.name must be none, cosine or step, got {self.schedule.name!r}")
+        _require(0 <= o.momentum < 1, "optimizer.momentum must lie in [0, 1)")
+        _require(not o.nesterov or o.momentum > 0, "optimizer.nesterov needs momentum > 0")
+        _require(o.weight_decay >= 0 and math.isfinite(o.weight_decay),
+                 "optimizer.weight_decay must be ≥ 0")
+        _require(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
+                                           for b in o.betas),
+                 f"optimizer.betas must be two numbers in [0, 1), got {o.betas!r}")
+        _require(o.eps > 0, "optimizer.eps must be > 0")
+        s = self.schedule
+        _require(s.name in ("none", "cosine", "step"),
+                 f"schedule.name must be none, cosine or step, got {s.name!r}")
+        _require(s.step_size >= 1, "schedule.step_size must be ≥ 1")
+        _require(s.gamma > 0 and math.isfinite(s.gamma), "schedule.gamma must be > 0")
+        _require(0 <= s.eta_min <= 1, "schedule.eta_min (a fraction of each rate) must lie in "
+                 "[0, 1]")
+        _require(s.warmup_epochs >= 0, "schedule.warmup_epochs must be ≥ 0")
         _require(t.mode in ("ep", "bp", "bptt"), f"train.mode must be ep, bp or bptt, "
                  f"got {t.mode!r}")
+        _require(t.mode != "bptt" or r.method == "fixed_point",
+                 f"train.mode = \"bptt\" unrolls the fixed_point map (and evaluates with it); "
+                 f"relax.method must be \"fixed_point\", got {r.method!r}")
         _require(t.epochs >= 1, "train.epochs must be ≥ 1")
         _require(t.checkpoint_every >= 0, "train.checkpoint_every must be ≥ 0")
+        _require(t.bptt_steps >= 0, "train.bptt_steps must be ≥ 0 (0: relax.free_steps)")
+        _require(t.log_every >= 0, "train.log_every must be ≥ 0")
 
     def to_toml(self) -> str:
         """The resolved config as TOML (every key, defaults included)."""
