@@ -205,6 +205,7 @@ def _problem(args: argparse.Namespace):
 def _record_and_write(args, field, x, y, source, relax_cfg):
     import torch
 
+    from ._io import atomic_write
     from .diagnostics import energy_monotone, jacobian_spectrum, time_to_tolerance
     from .plot import (
         plot_residual_energy,
@@ -212,7 +213,7 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
         plot_time_to_convergence_vs_tau,
         plot_trajectories,
     )
-    from .record import atomic_write, layer_states, record_relaxation, save_dataset
+    from .record import layer_states, record_relaxation, save_dataset
     from .solve import Status
     from .solve.config import ADAPTIVE_METHODS
 

@@ -54,13 +54,13 @@ import math
 import numbers
 import os
 import pathlib
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torchdiffeq
 from torch import Tensor
 
+from ._io import atomic_write
 from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
 from .solve import RelaxationError, RelaxConfig, Status, available_methods, relax
@@ -402,25 +402,6 @@ def check_layer(ds, layer: int) -> None:
     if not (isinstance(layer, int) and 1 <= layer <= n):
         raise ValueError(f"layer must be one of 1..{n} (state layers, input excluded), "
                          f"got {layer!r}")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], object]
-                 ) -> pathlib.Path:
-    """Call ``write(tmp)`` on a temporary path in the folder of ``path``, flush the file to
-    disk and rename it over ``path`` (atomic on POSIX): a reader never sees a half-written
-    file, and a failed write leaves the old one in place."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def save_dataset(ds, path: str | os.PathLike) -> pathlib.Path:

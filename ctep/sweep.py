@@ -46,12 +46,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._io import atomic_write_text
 from .record import save_dataset
 from .solve import RelaxationError
 from .solve.relax import per_neuron_steps
 from .train import TrainConfig, Trainer, TrainingDiverged
 from .train.batches import load_train_data
-from .train.checkpoint import CHECKPOINT_NAME, atomic_write_text
+from .train.checkpoint import CHECKPOINT_NAME
 from .train.config import SECTIONS
 
 SWEEP_FORMAT = 1

@@ -265,7 +265,8 @@ def write_report(report: dict, out_dir) -> dict[str, str]:
     has GDU curves) into ``out_dir``; return the paths."""
     from pathlib import Path
 
-    from .record import atomic_write, save_dataset
+    from ._io import atomic_write
+    from .record import save_dataset
 
     out = Path(out_dir)
     ds = report_dataset(report)

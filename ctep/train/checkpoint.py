@@ -1,20 +1,20 @@
 """Checkpoints and run files, written atomically and read back safely.
 
-Every file is written to a temporary file in the same folder, flushed and fsync'ed, then renamed
-over the target (``os.replace`` is atomic on POSIX and Windows): a run killed while writing
-leaves the previous checkpoint intact. Checkpoints hold only tensors, numbers, strings, lists and
+Every file is written with :func:`ctep._io.atomic_write` (a temporary file in the same folder,
+fsync'ed, renamed over the target, the folder fsync'ed): a run killed while writing leaves the
+previous checkpoint intact. Checkpoints hold only tensors, numbers, strings, lists and
 dicts, so they load with ``torch.load(..., weights_only=True)`` (no pickled code runs).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import pathlib
-import tempfile
 from typing import Any
 
 import torch
+
+from .._io import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -24,28 +24,6 @@ REQUIRED_KEYS = ("format", "model", "optimizer", "epoch", "batch", "history", "p
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or not a ctep training checkpoint."""
-
-
-def atomic_write_bytes(path: str | pathlib.Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | pathlib.Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: str | pathlib.Path, state: dict[str, Any]) -> None:

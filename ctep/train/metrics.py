@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 import xarray as xr
 
-from .checkpoint import atomic_write_text
+from .._io import atomic_write, atomic_write_text
 
 COLUMNS = ("epoch", "lr_factor", "loss", "train_acc", "val_acc", "val_loss", "test_acc",
            "test_loss", "seconds", "nfe", "nonconverged", "diverged", "residual")
@@ -38,15 +36,7 @@ def write_metrics(folder: str | pathlib.Path, rows: list[dict[str, float]],
         writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
     atomic_write_text(folder / "metrics.csv", buf.getvalue())
     ds = metrics_dataset(rows, attrs)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics.nc.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp)
-        os.replace(tmp, folder / "metrics.nc")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(folder / "metrics.nc", ds.to_netcdf)
 
 
 def metrics_dataset(rows: list[dict[str, float]], attrs: dict[str, str] | None = None

@@ -21,6 +21,7 @@ import torch
 import tqdm
 from torch import Tensor
 
+from .._io import atomic_write_text
 from ..solve import Status, relax
 from . import build
 from .baselines import feedforward, unrolled
@@ -29,7 +30,6 @@ from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
     CheckpointError,
-    atomic_write_text,
     load_checkpoint,
     save_checkpoint,
 )
