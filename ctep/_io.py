@@ -2,13 +2,16 @@
 
 The content is written to a temporary file in the target's folder (opened as usual, so it has
 the permissions the umask gives, not ``mkstemp``'s 0600), flushed to disk (fsync) and renamed
-over the target (``os.replace``, atomic on POSIX and Windows); the folder is then fsync'ed so
-the rename itself survives a crash. A reader never sees a half-written file, and a write that
-fails or is interrupted leaves the previous file in place.
+over the target with ``os.replace``; the folder is then fsync'ed so the rename itself survives a
+crash. On POSIX the rename is atomic: a reader never sees a half-written file, and a write that
+fails or is interrupted leaves the previous file in place. On Windows ``os.replace`` is a
+``MoveFileEx`` with replace, which Windows does not promise to be atomic and which fails while
+another process holds the target open; folders cannot be fsync'ed there (that step is skipped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import uuid
@@ -27,12 +30,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], object
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
-        with open(tmp, "rb+") as fh:
+        if not tmp.is_file():
+            raise RuntimeError(f"writing {path}: the write callback left no file at the "
+                               f"temporary path {tmp.name} it was given")
+        with open(tmp, "rb+") as fh:  # a writable handle: Windows fsyncs only those
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):  # a failed cleanup must not hide the write's error
+            tmp.unlink(missing_ok=True)
     _fsync_folder(path.parent)
     return path
 

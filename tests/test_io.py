@@ -33,6 +33,15 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
 
 
+def test_a_callback_that_writes_nothing_is_an_error_naming_the_target(tmp_path):
+    target = tmp_path / "fig.png"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(RuntimeError, match="fig.png.*left no file"):
+        atomic_write(target, lambda tmp: None)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
 def test_permissions_follow_the_umask_not_mkstemp(tmp_path):
     old = os.umask(0o022)
     try:
