@@ -292,6 +292,20 @@ def test_cli_reports_missing_data(tmp_path, capsys):
     assert code == 2 and "data not found" in err and str(tmp_path / "nodata") in err
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+def test_cli_help_does_not_import_heavy_packages(argv):
+    """Building the parser (every subcommand's) must not import torchvision, matplotlib or
+    xarray: subcommand modules import them inside run()."""
+    probe = ("import sys\nfrom ctep.cli import main\ntry:\n    main(sys.argv[1:])\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torchvision', 'matplotlib', 'xarray') "
+             "if m in sys.modules))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def _mnist_root() -> pathlib.Path | None:
     root = resolve_data_root(None)
     if (root / "MNIST" / "raw").is_dir():
