@@ -76,6 +76,8 @@ def test_config_round_trips_through_toml(tmp_path):
     ("schedule.step_size=0", "step_size"),
     ("schedule.eta_min=2", "eta_min"),
     ("train.bptt_steps=-1", "bptt_steps"),
+    ("data.synthetic_classes=1", "data.synthetic_classes must be ≥ 2, got 1"),
+    ("data.synthetic_test=0", "data.synthetic_test must be ≥ 1, got 0"),
     ('relax.method="exp_euler"', "unrolls the fixed_point map"),  # with mode bptt below
 ])
 def test_bad_config_values_are_named(item, message):

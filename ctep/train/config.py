@@ -253,10 +253,10 @@ class TrainConfig:
         _require(d.test_batch_size >= 1, "data.test_batch_size must be ≥ 1")
         _require(d.train_subset >= 0 and d.test_subset >= 0, "data subsets must be ≥ 0")
         _require(0 <= d.val_fraction < 1, "data.val_fraction must lie in [0, 1)")
-        _require(d.synthetic_features >= 1 and d.synthetic_classes >= 2
-                 and d.synthetic_train >= 1 and d.synthetic_test >= 1,
-                 "data.synthetic_features, synthetic_train and synthetic_test must be ≥ 1 and "
-                 "data.synthetic_classes ≥ 2")
+        for key, least in (("synthetic_features", 1), ("synthetic_classes", 2),
+                           ("synthetic_train", 1), ("synthetic_test", 1)):
+            value = getattr(d, key)
+            _require(value >= least, f"data.{key} must be ≥ {least}, got {value!r}")
         _require(all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
                      for h in m.hidden),
                  f"model.hidden must list integer widths ≥ 1, got {m.hidden!r}")
@@ -268,7 +268,8 @@ class TrainConfig:
         _require(all(isinstance(v, (int, float)) and not isinstance(v, bool)
                      and math.isfinite(v) and v >= 0
                      for v in (self.tau.spread, *self.tau.per_layer)),
-                 "tau.spread and tau.per_layer must be numbers ≥ 0")
+                 f"tau.spread and tau.per_layer must be numbers ≥ 0, got spread "
+                 f"{self.tau.spread!r} and per_layer {self.tau.per_layer!r}")
         _require(0 < r.damping <= 1, "relax.damping must lie in (0, 1]")
         _require(r.free_steps >= 1 and r.nudged_steps >= 1,
                  "relax.free_steps and relax.nudged_steps must be ≥ 1")
