@@ -388,6 +388,7 @@ def test_example_configs_load_and_build(path):
         x = torch.rand(2, *spec.input_shape, generator=torch.Generator().manual_seed(0))
         eq = relax(field.bind(x), method="fixed_point", max_steps=1, tol=0.0)
         assert all(bool(torch.isfinite(s).all()) for s in eq.states)
+        assert tuple(eq.states[-1].shape) == (2, spec.num_classes)  # the read-out fits the data
         return
     cfg = load_config(path, ['data.name="synthetic"', "data.synthetic_features=784",
                              "data.synthetic_classes=10", "data.synthetic_train=8",
