@@ -293,3 +293,25 @@ def test_registry():
         energy, shape = small_instance(name, 0)
         x, _ = _inputs(shape, 2, 0)
         assert energy.energy(x, energy.init_states(2, dtype=F64)).shape == (2,)
+
+
+@pytest.mark.parametrize("form", ["primitive", "classical"])
+def test_nudge_guard_sees_a_clip_the_nudge_crosses(form):
+    """conftest.nudge_keeps_output_clip compares the output's σ argument u_L − β∂ℓ/∂s_L at the
+    nudged states with u_L at the free ones: it holds for β = 0 and fails once β∂ℓ/∂s_L moves
+    an in-box argument out of the box (the same states, so only the nudge can change it)."""
+    from types import SimpleNamespace
+
+    from conftest import problem
+
+    field, x, y = problem(activation="hard_sigmoid", form=form, seed=1)
+    free = relax(field.bind(x), method="fixed_point", tol=1e-12, max_steps=5000)
+    u = field.energy.phi_grad(x, field.energy._activities(tuple(free.states)))[-1]
+    act = field.energy.activations[-1]
+    assert bool(((u > act.low) & (u < act.high)).any())  # some output unit inside the box
+
+    def est(beta):
+        return SimpleNamespace(free=free, nudged=[free, free], betas=[beta, -beta])
+
+    assert nudge_keeps_output_clip(field, x, y, est(0.0))
+    assert not nudge_keeps_output_clip(field, x, y, est(1e3))
