@@ -28,13 +28,14 @@ MARGIN = 0.10
 
 
 def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
-    """The results of every sweep folder under ``out``; folders ``<dataset>_<regime>_*`` (the
-    same sweep at other learning rates) are joined to ``<dataset>_<regime>`` along lr."""
+    """The results of every sweep folder under ``out``; folders ``<dataset>_<regime>_more_lr*``
+    (the same sweep at other learning rates) are joined to ``<dataset>_<regime>`` along lr.
+    Other folders (``*_budget_matched_step``: another dt) are not part of these tables."""
     found = {}
     for ds, _ in DATASETS:
         for regime, _ in REGIMES:
             paths = [out / f"{ds}_{regime}" / "results.nc",
-                     *sorted(out.glob(f"{ds}_{regime}_*/results.nc"))]
+                     *sorted(out.glob(f"{ds}_{regime}_more_lr*/results.nc"))]
             parts = [xr.load_dataset(p) for p in paths if p.exists()]
             if parts:
                 found[(ds, regime)] = xr.concat(parts, dim="optimizer_lr",

@@ -23,4 +23,11 @@ for ds in mnist fmnist; do
     --grid "tau.spread=[0.0,0.5,1.0]" --grid "optimizer.lr=[0.02]" \
     --grid "seed=[0,1,2]" --out "$OUT/${ds}_tol_more_lr"
 done
+# the homogeneous baseline at the heterogeneous runs' mean applied step (0.434 at spread 1,
+# from the clip at 1): every neuron steps by 0.434 (docs/hts.md, "matched step")
+for ds in mnist fmnist; do
+  "$CTEP" sweep --config "examples/configs/hts_${ds}_budget.toml" --set relax.dt=0.434 \
+    --grid "tau.spread=[0.0]" --grid "optimizer.lr=[0.02,0.05,0.07,0.1,0.14,0.2,0.4]" \
+    --grid "seed=[0,1,2]" --out "$OUT/${ds}_budget_matched_step"
+done
 "$PY" examples/hts_report.py "$OUT" --figures docs/figures --table "$OUT/table.md"
