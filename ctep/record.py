@@ -200,12 +200,12 @@ def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
 
 
 def _loop_step(bound: BoundField, cfg: RelaxConfig) -> float:
-    """Time per iteration of a loop method: dt when set, else 1 (fixed_point) or τ_min
-    (exp_euler), as in :func:`ctep.solve.relax`."""
+    """Time per iteration of a loop method, as in :func:`ctep.solve.relax`: fixed_point
+    damping·dt (an Euler step of that length) or 1 (τ-free, dt unset); exp_euler dt or τ_min."""
     if cfg.dt is not None:
         if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
             raise ValueError(f"dt must be positive and finite, got {cfg.dt}")
-        return float(cfg.dt)
+        return float(cfg.damping * cfg.dt if cfg.method == "fixed_point" else cfg.dt)
     if cfg.method == "fixed_point":
         return 1.0
     return min(float((1 / it).min()) for it in bound.inv_tau)

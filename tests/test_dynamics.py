@@ -132,6 +132,12 @@ def test_time_grid_matches_relax():
     assert every.sel(time=[0.0, 0.5, 2.0, 5.0], method="nearest")["s_2"].equals(some["s_2"])
     with pytest.raises(ValueError, match="whole number of steps"):
         record_relaxation(field, x, config=loop, times=[0.0, 0.3])
+    # damped fixed_point with dt steps by damping·dt in time (was taken as dt: no state at t=2)
+    damped = RelaxConfig(method="fixed_point", dt=0.5, damping=0.5, tol=1e-8)
+    every = record_relaxation(field, x, config=damped)
+    some = record_relaxation(field, x, config=damped, times=[0.0, 0.5, 2.0])
+    assert np.allclose(np.diff(every["time"].values[:3]), 0.25)
+    assert every.sel(time=[0.0, 0.5, 2.0], method="nearest")["s_2"].equals(some["s_2"])
     with pytest.raises(ValueError, match="strictly increasing"):
         record_relaxation(field, x, config=cfg, times=[0.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="samples"):
