@@ -21,6 +21,8 @@ import pathlib
 import numpy as np
 import xarray as xr
 
+from ctep._io import atomic_write, atomic_write_text
+
 DATASETS = (("mnist", "MNIST"), ("fmnist", "Fashion-MNIST"))
 REGIMES = (("budget", "(a) fixed budget"), ("tol", "(b) to tolerance"))
 #: a cell trains when every seed ends within this of the panel's best mean accuracy
@@ -142,7 +144,6 @@ def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for kind in ("accuracy", "failures"):
         fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True, sharey=True, dpi=90)
@@ -188,8 +189,8 @@ def figures(results: dict[tuple[str, str], xr.Dataset], folder: pathlib.Path) ->
                                       f"> {100 * MARGIN:.0f} points below the best (dashed)"),
                      fontsize=9)
         fig.tight_layout()
-        path = folder / f"hts_{kind}.png"
-        fig.savefig(path)
+        path = atomic_write(folder / f"hts_{kind}.png",
+                            lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         plt.close(fig)
         written.append(str(path))
     return written
@@ -201,12 +202,12 @@ def main() -> None:
     parser.add_argument("--figures", type=pathlib.Path, default=None,
                         help="write hts_accuracy.png and hts_failures.png here")
     parser.add_argument("--table", type=pathlib.Path, default=None,
-                        help="write the markdown table here (default: print it)")
+                        help="also write the markdown table here (it is always printed)")
     args = parser.parse_args()
     results = load(args.out)
     text = table(results)
     if args.table is not None:
-        args.table.write_text(text)
+        atomic_write_text(args.table, text)
     print(text)
     if args.figures is not None:
         for path in figures(results, args.figures):
