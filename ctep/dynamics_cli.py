@@ -233,6 +233,8 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
     spectrum = None
     if n <= args.max_jacobian:
         spectrum = jacobian_spectrum(field, x, final, y, args.beta)
+        rates, times = spectrum.slowest_rate(), spectrum.convergence_time()
+        stiffness, inertia = spectrum.stiffness_ratio(), spectrum.inertia()
     status = [Status(int(s)).name for s in ds["status"].values]
     samples = []
     for b in range(ds.sizes["sample"]):
@@ -243,11 +245,10 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
                "energy_max_increase": float(mono["max_increase"].values[b]),
                "energy_monotone": bool(mono["monotone"].values[b])}
         if spectrum is not None:
-            counted = int(spectrum.inertia()[b].sum())  # 0: non-finite states (NaN spectrum)
-            row.update(slowest_rate=float(spectrum.slowest_rate()[b]),
-                       convergence_time=float(spectrum.convergence_time()[b]),
-                       stiffness_ratio=float(spectrum.stiffness_ratio()[b]),
-                       stable=bool(spectrum.inertia()[b, 1:].sum() == 0) if counted else None)
+            counted = int(inertia[b].sum())  # 0: non-finite states (NaN spectrum)
+            row.update(slowest_rate=float(rates[b]), convergence_time=float(times[b]),
+                       stiffness_ratio=float(stiffness[b]),
+                       stable=bool(inertia[b, 1:].sum() == 0) if counted else None)
         samples.append({k: _json_value(v) for k, v in row.items()})
     taus = torch.cat([t.detach().reshape(-1).double() for t in field.tau()])
     report = {"source": source, "mode": ds.attrs["mode"], "method": relax_cfg.method,
