@@ -6,6 +6,8 @@ import argparse
 import pathlib
 import sys
 
+from .train_cli import _toml_string  # the --data-root value as a TOML string, as ctep train
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=pathlib.Path, required=True,
@@ -60,7 +62,3 @@ def run(args: argparse.Namespace) -> int:
           + ("; stopped early (rerun to continue)" if report.stopped_early else "")
           + f"; results in {args.out / 'results.nc'}")
     return 0
-
-
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
