@@ -132,7 +132,7 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         else:
             states, stats = _odeint_on_grid(bound, s0, cfg, grid)
         t, mode, message = grid, "time_grid", ""
-    return _to_dataset(field, bound, t, states, stats, cfg, mode, message, ids)
+    return _to_dataset(bound, t, states, stats, cfg, mode, message, ids)
 
 
 def _is_real(v) -> bool:
@@ -342,13 +342,13 @@ def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float
     return drive, torch.cat(residuals), torch.cat(energies)
 
 
-def _to_dataset(field: VectorField, bound: BoundField, times: Tensor, states: States,
-                stats: dict, cfg: RelaxConfig, mode: str, message: str, sample_ids: list[int]):
+def _to_dataset(bound: BoundField, times: Tensor, states: States, stats: dict,
+                cfg: RelaxConfig, mode: str, message: str, sample_ids: list[int]):
     import xarray as xr
 
     from . import __version__
 
-    x, y, beta = bound.x, bound.y, float(bound.beta)
+    field, x, y, beta = bound.field, bound.x, bound.y, float(bound.beta)
     drive, residual, energy = path_quantities(field, x, y, beta, states)
     k, b = states[0].shape[:2]
     data: dict = {}
@@ -379,7 +379,7 @@ def _to_dataset(field: VectorField, bound: BoundField, times: Tensor, states: St
         energy=type(energy_mod).__name__, form=str(getattr(energy_mod, "form", "")),
         cost=type(field.cost).__name__, layers=len(states),
         input_shape=json.dumps([int(v) for v in x.shape[1:]]),
-        relax_config=json.dumps({k_: v for k_, v in dataclasses.asdict(cfg).items()}),
+        relax_config=json.dumps(dataclasses.asdict(cfg)),
         status_names=json.dumps({s.name: int(s) for s in Status}), message=str(message))
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
