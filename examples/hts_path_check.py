@@ -112,12 +112,9 @@ def gradient_check(cfg, data, field_for, spreads, n: int, dt: float) -> None:
     x, y = data.train.batch(torch.arange(min(n, len(data.train))))
     x = x.double()
     r = cfg.relax
-    budget = (RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=r.tol,
-                          check_every=0, max_steps=r.free_steps),
-              RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=r.tol,
-                          check_every=0, max_steps=r.nudged_steps))
-    exact = RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=1e-6, check_every=2,
-                        max_steps=20_000)
+    fixed = RelaxConfig(method="fixed_point", dt=dt, damping=r.damping, tol=r.tol, check_every=0)
+    budget = (fixed.replace(max_steps=r.free_steps), fixed.replace(max_steps=r.nudged_steps))
+    exact = fixed.replace(tol=1e-6, check_every=2, max_steps=20_000)
     e = cfg.estimator
 
     def grads(spread: float, phases) -> tuple[torch.Tensor, ...]:
@@ -125,8 +122,11 @@ def gradient_check(cfg, data, field_for, spreads, n: int, dt: float) -> None:
                             on_failure="mask")
         return est(field_for(spread), x, y).grads
 
+    def norm(g: tuple[torch.Tensor, ...]) -> float:
+        return float(torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in g])))
+
     ref = grads(0.0, (exact, exact))
-    ref_norm = float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in ref])))
+    ref_norm = norm(ref)
     print()
     print(f"EP gradient ({e.name}, β = {e.beta:g}) on {len(y)} training samples, against the "
           "homogeneous gradient relaxed to 1e-6:")
@@ -138,8 +138,7 @@ def gradient_check(cfg, data, field_for, spreads, n: int, dt: float) -> None:
     for label, phases in labels:
         for spread in sorted({0.0, *spreads}):
             g = grads(spread, phases)
-            norm = float(torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in g])))
-            print(f"| {label} | {spread:g} | {norm / ref_norm:.3f} | "
+            print(f"| {label} | {spread:g} | {norm(g) / ref_norm:.3f} | "
                   f"{compare(g, ref)['cosine']:.4f} |")
 
 
