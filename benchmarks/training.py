@@ -64,7 +64,7 @@ BATCHES_PER_EPOCH = 1200
 
 def train_config(name: str, data_root: str) -> TrainConfig:
     """The Laborieux-setting config with this configuration's overrides (nothing written)."""
-    overrides = [f"data.root=\"{data_root}\"", "train.progress=false",
+    overrides = [f"data.root={json.dumps(data_root)}", "train.progress=false",  # TOML string
                  "train.checkpoint_every=0", "train.epochs=1"]
     return load_config(CONFIG, overrides + CTEP_CONFIGS.get(name, []))
 
