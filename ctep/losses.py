@@ -58,10 +58,9 @@ class Cost(nn.Module):
         batch size seen. A change of ``y`` through ``y.data`` (which does not bump the version
         counter) is not seen."""
         memo = self.__dict__.setdefault("_target_memo", {})
-        stale = [k for k, hit in memo.items() if hit[0][0] is not y]
-        for k in stale:
-            del memo[k]
         key = (width, tuple(like.shape), like.dtype, like.device)
+        if key not in memo:  # one entry: memoised replaces it when y changes
+            memo.clear()
         return memoised(memo, key, (y,), lambda: _targets_as_float(y, width, like))
 
     def check_targets(self, y: Tensor, batch: int) -> None:

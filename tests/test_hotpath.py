@@ -61,10 +61,11 @@ def test_cost_targets_are_memoised_and_still_checked(monkeypatch):
         with pytest.raises(ValueError, match="class indices"):
             cost.grad_output(out, torch.tensor([0, 4, 1, 2, 2, 0]))
         # sub-batches (samples leaving a relaxation) replace the memo instead of piling up:
-        # one entry per dtype of the current targets, none kept for earlier target tensors
+        # one entry, for the current targets and dtype, none kept for earlier target tensors
         for b in range(6, 0, -1):
             yb = y[:b]
             cost.grad_output(out[:b], yb)
-            cost.grad_output(out[:b].float(), yb)
-            assert len(cost._target_memo) == 2
-            assert all(hit[0][0].shape[0] == b for hit in cost._target_memo.values())
+            o32 = out[:b].float()
+            assert torch.equal(cost.float_targets(yb, 4, o32), _targets_as_float(yb, 4, o32))
+            assert len(cost._target_memo) == 1
+            assert all(hit[0][0] is yb for hit in cost._target_memo.values())

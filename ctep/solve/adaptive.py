@@ -82,14 +82,14 @@ class _BogackiShampine(_Scheme):
              ) -> tuple[States, States, States]:
         it = field.inv_tau
         hs = tuple(_column(h, x) for x in s)
-        k1 = tuple(di * i for di, i in zip(d, it, strict=True))
+        k1 = _per_tau(d, it)
         k2 = _rate(field, tuple(x + 0.5 * hh * k for x, hh, k in zip(s, hs, k1, strict=True)))
         k3 = _rate(field, tuple(x + 0.75 * hh * k for x, hh, k in zip(s, hs, k2, strict=True)))
         new = field.energy.clamp(tuple(
             x + hh * (2 / 9 * a + 1 / 3 * b + 4 / 9 * c)
             for x, hh, a, b, c in zip(s, hs, k1, k2, k3, strict=True)))
         d4 = field.drive(new)
-        k4 = tuple(di * i for di, i in zip(d4, it, strict=True))
+        k4 = _per_tau(d4, it)
         err = tuple(hh * (-5 / 72 * a + 1 / 12 * b + 1 / 9 * c - 1 / 8 * e)
                     for hh, a, b, c, e in zip(hs, k1, k2, k3, k4, strict=True))
         return new, d4, err
@@ -140,9 +140,14 @@ def _column(h: Tensor, like: Tensor) -> Tensor:
     return h.to(real).reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _per_tau(d: States, inv_tau: tuple[Tensor, ...]) -> States:
+    """ds/dt = τ⁻¹ ⊙ d from a drive d = τ ⊙ ds/dt already evaluated."""
+    return tuple(di * i for di, i in zip(d, inv_tau, strict=True))
+
+
 def _rate(field: BoundField, s: States) -> States:
     """ds/dt = τ⁻¹ ⊙ drive(s)."""
-    return tuple(di * i for di, i in zip(field.drive(s), field.inv_tau, strict=True))
+    return _per_tau(field.drive(s), field.inv_tau)
 
 
 def error_norm(err: States, s: States, new: States, rtol: float, atol: float) -> Tensor:
@@ -170,7 +175,7 @@ def initial_step(field: BoundField, s: States, d: States, order: int, rtol: floa
     Euler step of h₀, d₂ = ‖f(s + h₀f) − f(s)‖/(sc·h₀) and
     h = min(100·h₀, (0.01/max(d₁, d₂))^(1/(p+1))) with p the scheme's order, sc = atol + rtol·|s|.
     """
-    f0 = tuple(di * i for di, i in zip(d, field.inv_tau, strict=True))
+    f0 = _per_tau(d, field.inv_tau)
     sc = tuple(atol + rtol * x.abs() for x in s)
     d0 = per_sample_max_abs(tuple(x / c for x, c in zip(s, sc, strict=True))).to(torch.float64)
     d1 = per_sample_max_abs(tuple(f / c for f, c in zip(f0, sc, strict=True))).to(torch.float64)
@@ -285,15 +290,13 @@ def relax_adaptive(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibri
         if step % check == 0 or step == cfg.max_steps:
             count = (step, run.nfe)
             r = per_sample_max_abs(run.d)
-            keep = _finish(book, idx, run.s, r, cfg.tol, cfg.diverge_at, 0.0, count)
-            book.t[idx[~keep]] = run.t[~keep]
+            keep = _finish(book, idx, run.s, r, cfg.tol, cfg.diverge_at, run.t, count)
             failed = keep & (run.h < h_min)
             out_of_time = keep & (run.t >= max_time)
             stop = (keep if step == cfg.max_steps else failed | out_of_time)
             if bool(stop.any()):  # status stays MAX_STEPS except for step underflow
                 si = idx[stop]
-                book.write(si, tuple(x[stop] for x in run.s), r[stop], 0.0, count)
-                book.t[si] = run.t[stop]
+                book.write(si, tuple(x[stop] for x in run.s), r[stop], run.t[stop], count)
                 book.status[idx[failed]] = int(Status.SOLVER_FAILED)
                 keep = keep & ~stop
             if not bool(keep.all()):

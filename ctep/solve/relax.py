@@ -132,8 +132,9 @@ class _Book:
 
 
 def _finish(book: _Book, idx: Tensor, states: States, r: Tensor, tol: float, limit: float,
-            t: float, count: tuple[int, int] | None = None) -> Tensor:
-    """Classify the working samples; write the finished ones; return the mask of those left."""
+            t: float | Tensor, count: tuple[int, int] | None = None) -> Tensor:
+    """Classify the working samples; write the finished ones; return the mask of those left.
+    ``t`` is one time for all, or one per working sample (the adaptive integrators)."""
     # max |s| per sample is NaN or ±inf when any entry is (amax propagates NaN), or it is
     # > limit anyway: one pass over the states decides both tests
     m = per_sample_max_abs(states)
@@ -144,7 +145,8 @@ def _finish(book: _Book, idx: Tensor, states: States, r: Tensor, tol: float, lim
     finished = done | diverged
     if bool(finished.any()):
         fi = idx[finished]
-        book.write(fi, tuple(s[finished] for s in states), r[finished], t, count)
+        book.write(fi, tuple(s[finished] for s in states), r[finished],
+                   t[finished] if torch.is_tensor(t) else t, count)
         book.status[idx[done]] = int(Status.CONVERGED)
         book.status[idx[diverged]] = int(Status.DIVERGED)
     return ~finished

@@ -76,11 +76,9 @@ def build_tau(cfg: TrainConfig, shapes, dtype: torch.dtype) -> TimeConstants:
     gen = torch.Generator().manual_seed(int(t.seed))
     taus = [sample_tau(shape, t.distribution, t.mean, s, generator=gen)
             for shape, s in zip(shapes, spreads, strict=True)]
-    if t.normalize == "rate":
+    if t.normalize == "rate":  # (TrainConfig.validate admits only "tau" and "rate")
         taus = [tau * (t.mean * float((1.0 / tau).mean())) if s > 0 else tau
                 for tau, s in zip(taus, spreads, strict=True)]
-    elif t.normalize != "tau":
-        raise ValueError(f"unknown tau.normalize {t.normalize!r}; known: tau, rate")
     return TimeConstants([tau.to(dtype) for tau in taus])
 
 

@@ -104,12 +104,6 @@ class Trainer:
             atomic_write_text(self.out / "config.toml", cfg.to_toml())
 
     @property
-    def _fixed_point_dt(self) -> float | None:
-        """The per-neuron step dt of the map the BPTT baseline unrolls (None: τ-free)."""
-        r = self.cfg.relax
-        return r.dt if r.method == "fixed_point" and r.dt > 0 else None
-
-    @property
     def _bptt_steps(self) -> int:
         return self.cfg.train.bptt_steps or self.cfg.relax.free_steps
 
@@ -176,8 +170,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 states = (feedforward(self.field, x) if mode == "bp" else
-                          unrolled(self.field, x, self._bptt_steps, self.cfg.relax.damping,
-                                   self._fixed_point_dt))
+                          unrolled(self.field, x, self._bptt_steps, self.eval_relax.damping,
+                                   self.eval_relax.dt))  # the map evaluation relaxes with
                 loss = self.field.loss(states, y)
                 loss.mean().backward()
             loss = loss.detach()
