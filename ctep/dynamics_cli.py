@@ -205,7 +205,7 @@ def _problem(args: argparse.Namespace):
 def _record_and_write(args, field, x, y, source, relax_cfg):
     import torch
 
-    from ._io import atomic_write
+    from ._io import atomic_write, atomic_write_text
     from .diagnostics import energy_monotone, jacobian_spectrum, time_to_tolerance
     from .plot import (
         plot_residual_energy,
@@ -260,10 +260,8 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
                     "note": "at the last recorded states (a fixed point only for "
                             "CONVERGED samples)"},
               "samples": samples}
-    path = out / "diagnostics.json"
-    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    written.append(path)
+    written.append(atomic_write_text(out / "diagnostics.json",
+                                     json.dumps(report, indent=2, ensure_ascii=False) + "\n"))
     figures = {"trajectories": plot_trajectories(ds, 1, neurons=_spread_neurons(ds)),
                "residual_energy": plot_residual_energy(ds),
                "tau_histogram": plot_tau_histogram(ds),
