@@ -65,7 +65,13 @@ from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
 from .solve import RelaxationError, RelaxConfig, Status, available_methods, relax
 from .solve.config import ADAPTIVE_METHODS, LOOP_METHODS
-from .solve.relax import _FIXED_GRID, _Guarded, _max_norm
+from .solve.relax import (
+    _Guarded,
+    default_tolerances,
+    initial_states,
+    loop_steps,
+    odeint_options,
+)
 
 
 def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
@@ -119,8 +125,7 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
                          "(times=...) or use exp_euler or a torchdiffeq method")
     if times is None:
         eq = relax(bound, s0, cfg)
-        traj = eq.trajectory
-        t, states = _drop_repeated_times(traj.times, traj.states)
+        t, states = eq.trajectory.times, eq.trajectory.states
         stats = {"status": eq.status, "nfe": eq.nfe, "steps": eq.steps, "t_stop": eq.t}
         mode, message = "check_times", eq.message
     else:
@@ -166,24 +171,16 @@ def _check_times(times: Sequence[float] | Tensor) -> Tensor:
     return t
 
 
-def _drop_repeated_times(times: Tensor, states: States) -> tuple[Tensor, States]:
-    """Keep the last record of each time (a loop may snapshot its final state twice)."""
-    keep = torch.ones(times.numel(), dtype=torch.bool)
-    if times.numel() > 1:
-        keep[:-1] = times[1:] != times[:-1]
-    return times[keep], tuple(s[keep] for s in states)
-
-
 def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
                   grid: Tensor) -> tuple[States, dict]:
     """A loop method at tolerance 0 up to the last grid time; the iterates at the grid times."""
-    step = _loop_step(bound, cfg)
+    step = loop_steps(bound, cfg)[1]
     n = torch.round(grid / step)
     if not bool(torch.allclose(n * step, grid, rtol=1e-9, atol=1e-12)):
         raise ValueError(f"method {cfg.method!r} steps by {step:g}: every requested time must "
                          f"be a whole number of steps (got {grid.tolist()[:5]}...)")
     eq = relax(bound, s0, cfg.replace(tol=0.0, max_steps=max(int(n[-1]), 1), check_every=1))
-    times, states = _drop_repeated_times(eq.trajectory.times, eq.trajectory.states)
+    times, states = eq.trajectory.times, eq.trajectory.states
     pick = []
     for t in grid.tolist():
         hit = torch.nonzero(torch.isclose(times, torch.tensor(t, dtype=torch.float64),
@@ -199,32 +196,14 @@ def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     return states, stats
 
 
-def _loop_step(bound: BoundField, cfg: RelaxConfig) -> float:
-    """Time per iteration of a loop method, as in :func:`ctep.solve.relax`: fixed_point
-    damping·dt (an Euler step of that length) or 1 (τ-free, dt unset); exp_euler dt or τ_min."""
-    if cfg.dt is not None:
-        if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
-            raise ValueError(f"dt must be positive and finite, got {cfg.dt}")
-        return float(cfg.damping * cfg.dt if cfg.method == "fixed_point" else cfg.dt)
-    if cfg.method == "fixed_point":
-        return 1.0
-    return min(float((1 / it).min()) for it in bound.inv_tau)
-
-
 def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
                     grid: Tensor) -> tuple[States, dict]:
     """``torchdiffeq.odeint`` over the whole batch with output at the grid times."""
     energy = bound.energy
-    s0 = _initial_states(bound, s0)
+    s0 = initial_states(bound, s0)
     tau_min = min(float((1 / it).min()) for it in bound.inv_tau)
-    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
-    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
-    options: dict = {}
-    if cfg.method in _FIXED_GRID:
-        options["step_size"] = cfg.dt if cfg.dt is not None else 0.5 * tau_min
-    elif cfg.method != "scipy_solver":
-        options["norm"] = _max_norm
-        options["max_num_steps"] = cfg.max_steps
+    rtol, atol = default_tolerances(cfg)
+    options = odeint_options(cfg, tau_min)
     prepend = float(grid[0]) > 0
     span = torch.cat([grid.new_zeros(1), grid]) if prepend else grid
     func = _Guarded(bound, cfg.diverge_at)  # relax's guard: beyond diverge_at, frozen
@@ -246,20 +225,6 @@ def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     return states, stats
 
 
-def _initial_states(bound: BoundField, s0: States | None) -> States:
-    """Detached, clamped initial states, the energy's zero states by default (as in relax)."""
-    energy = bound.energy
-    if s0 is None:
-        p = next(iter(energy.parameters()), None)
-        dtype = p.dtype if p is not None else bound.x.dtype
-        s0 = energy.init_states(bound.x.shape[0], dtype=dtype, device=bound.x.device)
-    else:
-        s0 = tuple(s.detach().clone() for s in s0)
-        energy.check_states(s0)
-    with torch.no_grad():
-        return energy.clamp(s0)
-
-
 def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
                       grid: Tensor) -> tuple[States, dict]:
     """rk23 / etd2 from each grid time to the next, every sample with its own step sizes
@@ -268,7 +233,7 @@ def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     from .solve.adaptive import integrate_adaptive, tolerances
 
     rtol, atol = tolerances(cfg)
-    s = _initial_states(bound, s0)
+    s = initial_states(bound, s0)
     out, t_prev, nfe, steps = [], 0.0, 0, 0
     for t in grid.tolist():
         if t > t_prev:

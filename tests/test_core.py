@@ -246,6 +246,14 @@ def test_trajectory_and_energy_decrease_along_the_flow():
     assert (energies[1:] - energies[:-1] <= 1e-12).all()  # Lyapunov for any τ
 
 
+def test_recorded_times_are_distinct_whether_the_loop_stops_at_a_check_or_its_budget():
+    field, x, _ = problem(activation="tanh")
+    for cfg in (dict(tol=1e-8, check_every=5), dict(tol=0.0, max_steps=12, check_every=5)):
+        traj = relax(field.bind(x), method="fixed_point", record=True, **cfg).trajectory
+        assert bool((traj.times[1:] > traj.times[:-1]).all()), traj.times
+    assert float(traj.times[-1]) == 12.0  # the budget's end is recorded once
+
+
 def test_newton_polish_reaches_machine_precision():
     field, x, _ = problem(activation="sigmoid", tau="gamma", tau_spread=0.5)
     eq = relax(field.bind(x), method="exp_euler", tol=1e-5, polish=3)

@@ -200,8 +200,9 @@ def tolerances(cfg: RelaxConfig) -> tuple[float, float]:
     start, a neuron held at the box's edge by the projection) has no relative scale, so with
     atol = 0 its error ratio is 0/0 or e/0 and every step of the sample would be rejected.
     """
-    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
-    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    from .relax import default_tolerances  # relax dispatches here: import late
+
+    rtol, atol = default_tolerances(cfg)
     if not (rtol >= 0 and atol > 0 and math.isfinite(rtol + atol)):
         raise ValueError(f"rk23/etd2 need a finite rtol ≥ 0 and a finite atol > 0 (a state "
                          f"that is exactly 0 has no relative scale); got rtol {rtol}, "

@@ -58,6 +58,25 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
         raise ValueError(f"tol must be finite and ≥ 0, got {cfg.tol}")
     if cfg.max_steps < 1:
         raise ValueError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
+    s0 = initial_states(field, s0)
+    with torch.no_grad():
+        if cfg.method in ADAPTIVE_METHODS:
+            from .adaptive import relax_adaptive  # adaptive.py imports this module's _Book
+
+            eq = relax_adaptive(field, s0, cfg)
+        elif cfg.method in LOOP_METHODS:
+            eq = _relax_loop(field, s0, cfg)
+        else:
+            eq = _relax_torchdiffeq(field, s0, cfg)
+    if cfg.polish > 0:
+        eq = newton_polish(field, eq, cfg.polish)
+    return eq
+
+
+def initial_states(field: BoundField, s0: States | None = None) -> States:
+    """The starting states of a relaxation: the energy's zero states (in its parameters' dtype,
+    else the input's) when ``s0`` is None, else a checked copy of ``s0``; detached and projected
+    onto the energy's box."""
     energy = field.energy
     batch = field.x.shape[0]
     if s0 is None:
@@ -71,18 +90,25 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
         if s0[0].shape[0] != batch:
             raise ValueError(f"initial states have batch {s0[0].shape[0]}, inputs have {batch}")
     with torch.no_grad():
-        s0 = energy.clamp(tuple(s.detach().clone() for s in s0))
-        if cfg.method in ADAPTIVE_METHODS:
-            from .adaptive import relax_adaptive  # adaptive.py imports this module's _Book
+        return energy.clamp(tuple(s.detach().clone() for s in s0))
 
-            eq = relax_adaptive(field, s0, cfg)
-        elif cfg.method in LOOP_METHODS:
-            eq = _relax_loop(field, s0, cfg)
-        else:
-            eq = _relax_torchdiffeq(field, s0, cfg)
-    if cfg.polish > 0:
-        eq = newton_polish(field, eq, cfg.polish)
-    return eq
+
+def default_tolerances(cfg: RelaxConfig) -> tuple[float, float]:
+    """(rtol, atol) of the error-controlled methods (torchdiffeq's, ``rk23``, ``etd2``): the
+    config's, or rtol = min(1e-3, tol) and atol = tol/10, floored at 1e-13 and 1e-15."""
+    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
+    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    return rtol, atol
+
+
+def odeint_options(cfg: RelaxConfig, tau_min: float) -> dict:
+    """torchdiffeq's ``options`` for ``cfg.method``: the step (default 0.5·τ_min) of a
+    fixed-grid method; else the max norm (SOLVER_NOTES §2) and the step cap ``max_steps``."""
+    if cfg.method in _FIXED_GRID:
+        return {"step_size": cfg.dt if cfg.dt is not None else 0.5 * tau_min}
+    if cfg.method == "scipy_solver":
+        return {}
+    return {"norm": _max_norm, "max_num_steps": cfg.max_steps}
 
 
 class _Book:
@@ -174,15 +200,15 @@ def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
     return tuple(torch.clamp((dt / t.detach()) * damping, max=1.0) for t in taus)
 
 
-def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
-    """ctep's loops: s ← clamp(s + h ⊙ drive(s)), checked every ``check_every`` iterations."""
-    energy = field.energy
-    batch = s0[0].shape[0]
+def loop_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
+    """(h per layer, time per iteration) of a loop method: ``fixed_point`` h = damping and time 1
+    (τ-free), or with ``dt`` h_i = min(1, damping·dt/τ_i) and time damping·dt; ``exp_euler``
+    h = 1 − exp(−dt/τ) and time dt (default τ_min)."""
     if cfg.method == "fixed_point":
         if not 0 < cfg.damping <= 1:
             raise ValueError(f"fixed_point damping must lie in (0, 1], got {cfg.damping}")
         if cfg.dt is None:  # τ-free: one scalar step for every neuron
-            h: tuple = (cfg.damping,) * len(s0)
+            h: tuple = (cfg.damping,) * len(field.inv_tau)
             time_per_step = 1.0
         else:  # per-neuron steps h_i = min(1, damping·dt/τ_i) (THEORY §2.1)
             if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
@@ -196,6 +222,14 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
             raise ValueError(f"dt must be positive, got {dt}")
         h = tuple(-torch.expm1(-dt * it) for it in field.inv_tau)
         time_per_step = dt
+    return h, time_per_step
+
+
+def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
+    """ctep's loops: s ← clamp(s + h ⊙ drive(s)), checked every ``check_every`` iterations."""
+    energy = field.energy
+    batch = s0[0].shape[0]
+    h, time_per_step = loop_steps(field, cfg)
     unit_step = tuple(not torch.is_tensor(hh) and hh == 1 for hh in h)
     book = _Book(s0, cfg.record)
     idx = torch.arange(batch, device=s0[0].device)
@@ -225,8 +259,9 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
         s = energy.clamp(tuple(x + dd if unit else x + hh * dd  # 1·d is d: skip the product
                                for x, hh, dd, unit in zip(s, h, d, unit_step, strict=True)))
         step += 1
-    if cfg.record:
-        book.snapshot(step * time_per_step)
+    t_end = step * time_per_step
+    if cfg.record and (not book.rec_t or book.rec_t[-1] != t_end):  # not already at a check
+        book.snapshot(t_end)
     return book.result(cfg.method, cfg.tol)
 
 
@@ -241,15 +276,8 @@ def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equil
     window = cfg.window if cfg.window is not None else tau_max
     if not (max_time > 0 and window > 0 and cfg.window_growth >= 1):
         raise ValueError("max_time and window must be positive and window_growth ≥ 1")
-    options: dict = {}
-    if cfg.method in _FIXED_GRID:
-        dt = cfg.dt if cfg.dt is not None else 0.5 * tau_min
-        options["step_size"] = dt
-    elif cfg.method != "scipy_solver":
-        options["norm"] = _max_norm
-        options["max_num_steps"] = cfg.max_steps
-    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
-    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
+    options = odeint_options(cfg, tau_min)
+    rtol, atol = default_tolerances(cfg)
     limit = cfg.diverge_at
     book = _Book(s0, cfg.record)
     idx = torch.arange(batch, device=s0[0].device)
