@@ -1,4 +1,6 @@
-"""Per-sample dense Jacobians of maps over layer states (small nets: verification, Newton)."""
+"""Dense linear algebra of small nets (verification, Newton, spectra): per-sample Jacobians of
+maps over layer states, and LAPACK solves and eigenvalues checked against a wrong or failed
+multi-threaded answer (repeated on one thread)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,70 @@ def _solve_ex(a: Tensor, b: Tensor, *, check: bool) -> tuple[Tensor, Tensor]:
             raise RuntimeError("backward error check failed")
     ok = ok & torch.isfinite(x).flatten(1).all(dim=1)
     return torch.where(ok.reshape(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x)), ok
+
+
+def checked_eigvals(a: Tensor) -> Tensor:
+    """The eigenvalues λ of ``a`` (batched, any square matrices; complex), checked.
+
+    As :func:`checked_solve`, a LAPACK error, non-finite eigenvalues of a finite matrix, or
+    eigenvalues that fail the moment check of :func:`_spectrum_ok` repeat the decomposition
+    on one thread, whose answer is returned.
+    """
+    return _checked_eig(torch.linalg.eigvals, a)
+
+
+def checked_eigvalsh(a: Tensor) -> Tensor:
+    """The eigenvalues λ of the symmetric (Hermitian) ``a`` (batched; real, ascending), checked
+    like :func:`checked_eigvals`. Only the lower triangle of ``a`` is read, as by ``eigvalsh``:
+    the check is made on the Hermitian matrix that lower triangle defines."""
+    lower = torch.tril(a)
+    return _checked_eig(torch.linalg.eigvalsh, a,
+                        lower + torch.tril(a, -1).transpose(-2, -1).conj())
+
+
+def _checked_eig(eig: Callable[[Tensor], Tensor], a: Tensor, hermitian: Tensor | None = None
+                 ) -> Tensor:
+    try:
+        vals = eig(a)
+        if _spectrum_ok(a if hermitian is None else hermitian, vals):
+            return vals
+    except RuntimeError:
+        pass
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return eig(a)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _spectrum_ok(a: Tensor, vals: Tensor) -> bool:
+    """Whether computed eigenvalues λ̂ of ``a`` pass two moment checks, per matrix.
+
+    A backward-stable eigensolver returns the exact eigenvalues of a + e with
+    ‖e‖_F ≤ δ = 100·n·ε·‖a‖_F (the margin of :func:`checked_solve`). The power sums of the
+    eigenvalues are traces, Σλ = tr a and Σλ² = tr a² (for a Schur form T of a + e,
+    Σ T_ii² = tr T²), which cost O(n²); so
+    |Σλ̂ − tr a| = |tr e| ≤ √n·δ and |Σλ̂² − tr a²| = |2 tr(a e) + tr e²| ≤ 2‖a‖_F·δ + δ².
+    Both bounds hold whatever the conditioning of the individual eigenvalues; they are
+    widened by √n for the rounding of the sums. A matrix with non-finite entries is not
+    checked; finite entries with a non-finite eigenvalue fail.
+    """
+    if vals.shape[-1] == 0:
+        return True
+    a = a.to(vals.dtype) if vals.is_complex() else a
+    finite_in = torch.isfinite(a).flatten(-2).all(-1)
+    finite_out = torch.isfinite(vals).all(-1)
+    n = a.shape[-1]
+    eps = torch.finfo(a.real.dtype if a.is_complex() else a.dtype).eps
+    norm = torch.linalg.matrix_norm(a)  # Frobenius
+    delta = 100 * n * eps * norm
+    trace = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1)
+    trace_sq = (a * a.transpose(-2, -1)).sum((-2, -1))  # tr a² = Σ_ij a_ij a_ji
+    first = (vals.sum(-1) - trace).abs() <= n * delta
+    second = ((vals * vals).sum(-1) - trace_sq).abs() <= n * delta * (2 * norm + delta)
+    ok = ~finite_in | (finite_out & first & second)
+    return bool(ok.all())
 
 
 def _backward_error_ok(a: Tensor, b: Tensor, x: Tensor) -> bool:

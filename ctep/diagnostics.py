@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._linalg import batched_jacobian
+from ._linalg import batched_jacobian, checked_eigvals, checked_eigvalsh
 from ._states import States, per_sample_all_finite
 from .dynamics import VectorField
 
@@ -218,10 +218,10 @@ def jacobian_spectrum(field: VectorField, x: Tensor, states: States, y: Tensor |
             continue
         if symmetric:
             root = t.rsqrt()
-            vals = torch.linalg.eigvalsh(0.5 * (m + m.transpose(1, 2)) * root[:, None]
-                                         * root[None, :])
+            vals = checked_eigvalsh(0.5 * (m + m.transpose(1, 2)) * root[:, None]
+                                    * root[None, :])
         else:
-            vals = torch.linalg.eigvals(m / t[:, None])
+            vals = checked_eigvals(m / t[:, None])
             vals = torch.gather(vals, 1, torch.argsort(vals.real, dim=1))
         eig[rows, : vals.shape[1]] = vals.to(dtype)
     return Spectrum(eig, bool(symmetric), pinned)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._linalg import checked_eigvalsh
+
 
 class Lagrangian(nn.Module):
     """L = T(q̇) − V(q, t) + D(q, t, x). Subclasses implement :meth:`potential` and may override
@@ -123,5 +125,5 @@ class OscillatorChain(Lagrangian):
                 kmat[i, i + 1] -= c[i]
                 kmat[i + 1, i] -= c[i]
             minv = torch.diag(self.mass.rsqrt())
-            ev = torch.linalg.eigvalsh(minv @ kmat @ minv)
+            ev = checked_eigvalsh(minv @ kmat @ minv)
         return torch.sqrt(ev)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_eigvalsh
 from ..solve import RelaxationError, Status
 from .action import DiscreteAction
 from .newton import LINEAR_SOLVERS, newton
@@ -205,7 +205,7 @@ def _diagnose(action: DiscreteAction, out: StationaryTrajectory, fn, cfg: Newton
         idx = torch.nonzero(ok).flatten()
         hes = batched_jacobian(lambda s: (fn(s[0], idx),), (out.Q[idx].reshape(idx.numel(), -1),))
         hes = hes.detach().to(torch.float64)
-        ev = torch.linalg.eigvalsh(0.5 * (hes + hes.transpose(1, 2)))
+        ev = checked_eigvalsh(0.5 * (hes + hes.transpose(1, 2)))
         mag = ev.abs()
         small = 1e-13 * mag.amax(dim=1, keepdim=True)
         neg[idx] = (ev < -small).sum(dim=1)

@@ -39,7 +39,7 @@ import torch
 import torchdiffeq
 from torch import Tensor
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_eigvals
 from .._states import States
 from ..dynamics import VectorField
 
@@ -62,8 +62,8 @@ def relaxation_rates(field: VectorField, x: Tensor, states: States) -> tuple[flo
     """
     bound = field.bind(x)
     jac = batched_jacobian(lambda s: bound(0.0, s), states)
-    eig = torch.linalg.eigvals(jac.to(torch.complex128 if jac.dtype == torch.float64
-                                      else torch.complex64))
+    eig = checked_eigvals(jac.to(torch.complex128 if jac.dtype == torch.float64
+                                 else torch.complex64))
     lam_min = float((-eig.real).min())
     lam_max = float(eig.abs().max())
     if not lam_min > 0:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._linalg import batched_jacobian
+from .._linalg import batched_jacobian, checked_eigvals, checked_eigvalsh
 from .._states import States, flatten_states, unflatten_states
 from ..dynamics import VectorField
 from ..energies.base import Energy
@@ -280,10 +280,10 @@ class SkewGradientField(VectorField):
             ys = None if y is None else y[fi]
             jac = self.flow_jacobian(x[fi], sub, ys, beta).detach().to(torch.float64)
             hes = self.hessian(x[fi], sub, ys, beta).detach().to(torch.float64)
-            ev = torch.linalg.eigvals(jac)
+            ev = checked_eigvals(jac)
             order = torch.argsort(ev.real, dim=1, descending=True)
             eig[fi] = torch.gather(ev, 1, order)
-            hev = torch.linalg.eigvalsh(0.5 * (hes + hes.transpose(1, 2)))
+            hev = checked_eigvalsh(0.5 * (hes + hes.transpose(1, 2)))
             tol = 1e-12 * hev.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
             neg[fi] = (hev < -tol).sum(dim=1)
             pos[fi] = (hev > tol).sum(dim=1)
@@ -305,7 +305,7 @@ class SkewGradientField(VectorField):
                 oi = torch.nonzero(ok).flatten()
                 jac = self.flow_jacobian(x[si[oi]], tuple(s[oi] for s in cp.states),
                                          None if y is None else y[si[oi]], beta)
-                crit[si[oi]] = torch.linalg.eigvals(jac.detach().to(torch.float64)).real.amax(1)
+                crit[si[oi]] = checked_eigvals(jac.detach().to(torch.float64)).real.amax(1)
         msg = eq.message if isinstance(eq, Equilibrium) else ""
         return StabilityReport(verdict, max_real, eig, neg, pos, residual.to(torch.float64),
                                crit, margin, msg)
