@@ -12,6 +12,8 @@ import math
 import pathlib
 import sys
 
+from ._cli_args import int_list
+
 #: options of the random network, refused together with --config / --checkpoint
 RANDOM_NET_OPTIONS = ("sizes", "activation", "form", "tau", "tau_mean", "tau_spread", "dtype")
 RANDOM_NET_DEFAULTS = {"sizes": (20, 32, 16, 4), "activation": "sigmoid", "form": "primitive",
@@ -33,14 +35,6 @@ def parse_times(text: str) -> tuple[float, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--times expects START:STOP:NUM or t1,t2,..., got "
                                          f"{text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
-                                         ) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "%(default)s)")
     g = p.add_argument_group("random network (no --config / --checkpoint)")
     d = RANDOM_NET_DEFAULTS
-    g.add_argument("--sizes", type=_ints, default=None,
+    g.add_argument("--sizes", type=int_list, default=None,
                    help=f"layer widths, input first (default {','.join(map(str, d['sizes']))})")
     g.add_argument("--activation", default=None, help=f"default {d['activation']}")
     g.add_argument("--form", default=None, choices=["primitive", "classical"],

@@ -6,20 +6,13 @@ import argparse
 import json
 import sys
 
+from ._cli_args import float_list, int_list
 from .activations import get_activation
 from .estimators import ESTIMATORS
 from .reference import REFERENCES
 from .solve import RelaxationError, available_methods
 from .timeconstants import DISTRIBUTIONS
 from .verify import DTYPES, MODELS, VerifyConfig, run_verification, write_report
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -33,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "hopfield-resnet or dendritic instance, or the skew-gradient "
                         "fitzhugh-nagumo / Lagrangian oscillator-chain check "
                         "(default %(default)s)")
-    p.add_argument("--sizes", type=_ints, default=d.sizes, help="layer widths, input first "
+    p.add_argument("--sizes", type=int_list, default=d.sizes, help="layer widths, input first "
                    f"(default {','.join(map(str, d.sizes))})")
     p.add_argument("--activation", default=d.activation, help="tanh, sigmoid, hard_sigmoid, "
                    "relu6, relu_alpha, identity (default %(default)s)")
@@ -54,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--weight-norm", type=float, default=d.weight_norm,
                    help="spectral norm of each weight matrix")
-    p.add_argument("--betas", type=_floats, default=d.betas, help="comma-separated β values")
+    p.add_argument("--betas", type=float_list, default=d.betas, help="comma-separated β values")
     p.add_argument("--estimators", type=_names, default=d.estimators,
                    help="comma-separated: " + ", ".join(ESTIMATORS))
     p.add_argument("--points", type=int, default=d.points,
