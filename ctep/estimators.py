@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -605,18 +605,43 @@ ALIASES = {"onesided": "one-sided", "vanilla": "one-sided", "symmetric": "center
            "finitenudge": "finite-nudge", "stochastic": "langevin"}
 
 
-def get_estimator(name: str, beta: float, **kwargs) -> Estimator:
-    """An estimator by name: ``one-sided`` (``vanilla``), ``centered`` (``symmetric``),
-    ``holomorphic``, ``finite-nudge``, ``langevin`` (``stochastic``).
+def canonical_name(name: str) -> str:
+    """The key in :data:`ESTIMATORS` of an estimator name or alias.
 
-    ``kwargs`` go to the estimator's constructor (e.g. ``points=`` for holomorphic and
-    finite-nudge EP, ``temperature=`` for Langevin EP); an option the estimator does not take
-    is a ``ValueError`` that lists the ones it does.
+    Case is ignored and ``_`` reads as ``-``; a name is looked up in :data:`ALIASES` with and
+    without its hyphens (``Finite_Nudge``, ``finitenudge`` → ``finite-nudge``; ``vanilla`` →
+    ``one-sided``). An unknown name is a ``ValueError`` listing the known ones.
     """
     key = str(name).lower().replace("_", "-")
     key = ALIASES.get(key.replace("-", ""), ALIASES.get(key, key))
     if key not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    return key
+
+
+def accepted_options(name: str, settings: Mapping[str, object]) -> dict[str, object]:
+    """The entries of ``settings`` that estimator ``name``'s constructor takes, less those set
+    to ``None``.
+
+    The constructors' keyword options are the one record of which estimator takes what, so a
+    caller holding settings for every estimator (``points``, ``temperature``, ``seed``, ...)
+    passes each estimator the ones it takes: ``points`` to holomorphic and finite-nudge EP,
+    ``temperature`` and ``seed`` to Langevin EP, ``random_sign`` and ``seed`` to one-sided EP.
+    """
+    accepted = _keyword_options(ESTIMATORS[canonical_name(name)])
+    return {k: v for k, v in settings.items() if k in accepted and v is not None}
+
+
+def get_estimator(name: str, beta: float, **kwargs) -> Estimator:
+    """An estimator by name: ``one-sided`` (``vanilla``), ``centered`` (``symmetric``),
+    ``holomorphic``, ``finite-nudge``, ``langevin`` (``stochastic``); see
+    :func:`canonical_name`.
+
+    ``kwargs`` go to the estimator's constructor (e.g. ``points=`` for holomorphic and
+    finite-nudge EP, ``temperature=`` for Langevin EP); an option the estimator does not take
+    is a ``ValueError`` that lists the ones it does (:func:`accepted_options` picks them).
+    """
+    key = canonical_name(name)
     cls = ESTIMATORS[key]
     accepted = _keyword_options(cls)
     unknown = sorted(set(kwargs) - accepted)

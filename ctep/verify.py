@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from . import estimators as _estimators
 from .dynamics import VectorField
 from .energies import DenseHopfield
-from .estimators import get_estimator
+from .estimators import accepted_options, canonical_name, get_estimator
 from .plot import plot_error_vs_beta, plot_gdu  # noqa: F401  (the report's figure; re-exported)
 from .reference import compare, gdu_check, get_reference
 from .solve import RelaxConfig, relax
@@ -131,7 +130,7 @@ def _own_check(cfg: VerifyConfig) -> dict:
     if tuple(cfg.references) != ("implicit",):
         raise ValueError(f"model {cfg.model!r} is checked against the implicit reference only, "
                          f"got references {list(cfg.references)}")
-    unsupported = [e for e in cfg.estimators if _canonical(e) not in ("one-sided", "centered")]
+    unsupported = [e for e in cfg.estimators if canonical_name(e) not in ("one-sided", "centered")]
     if unsupported:
         raise ValueError(f"model {cfg.model!r} supports the one-sided and centered estimators, "
                          f"not {unsupported}")
@@ -193,22 +192,12 @@ def run_verification(cfg: VerifyConfig) -> dict:
     return report
 
 
-def _canonical(name: str) -> str:
-    """The registry key of an estimator name (aliases resolved as get_estimator does)."""
-    key = str(name).lower().replace("_", "-")
-    aliases = getattr(_estimators, "ALIASES", {})
-    return aliases.get(key.replace("-", ""), aliases.get(key, key))
-
-
 def estimator_options(name: str, cfg: VerifyConfig) -> dict:
-    """The options ``ctep verify`` passes to estimator ``name``: ``points`` to holomorphic and
-    finite-nudge EP, ``temperature`` (when set) to Langevin EP; nothing to the others."""
-    key = _canonical(name)
-    if key in ("holomorphic", "finite-nudge"):
-        return {"points": cfg.points}
-    if key == "langevin" and cfg.temperature is not None:
-        return {"temperature": cfg.temperature}
-    return {}
+    """The options ``ctep verify`` passes to estimator ``name``: of ``cfg.points`` and
+    ``cfg.temperature`` (when set), those the estimator takes
+    (:func:`ctep.estimators.accepted_options`): ``points`` to holomorphic and finite-nudge EP,
+    ``temperature`` to Langevin EP, nothing to the others."""
+    return accepted_options(name, {"points": cfg.points, "temperature": cfg.temperature})
 
 
 METRICS = ("rel_error", "cosine", "sign_agreement", "max_abs_error")

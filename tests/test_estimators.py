@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 import ctep
 from ctep import RelaxConfig, TimeConstants, VectorField, relax
 from ctep.cli import main
-from ctep.estimators import CenteredEP, OneSidedEP, get_estimator
+from ctep.estimators import (
+    ESTIMATORS,
+    CenteredEP,
+    OneSidedEP,
+    accepted_options,
+    canonical_name,
+    get_estimator,
+)
 from ctep.reference import compare, implicit_gradient
 
 TIGHT = RelaxConfig(method="fixed_point", tol=1e-10, max_steps=100_000)
@@ -158,6 +165,31 @@ def test_random_sign_and_registry():
         CenteredEP(-0.1)
     with pytest.raises(ValueError, match="on_failure"):
         CenteredEP(0.1, on_failure="ignore")
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("one-sided", "one-sided"), ("One_Sided", "one-sided"), ("onesided", "one-sided"),
+    ("vanilla", "one-sided"), ("symmetric", "centered"), ("CENTERED", "centered"),
+    ("finite_nudge", "finite-nudge"), ("finitenudge", "finite-nudge"),
+    ("Finite-Nudge", "finite-nudge"), ("stochastic", "langevin"), ("holomorphic", "holomorphic"),
+])
+def test_names_and_aliases_resolve_to_one_key(name, key):
+    assert canonical_name(name) == key
+    assert type(get_estimator(name, 0.1)) is ESTIMATORS[key]
+
+
+def test_accepted_options_follow_the_constructors():
+    settings = {"random_sign": True, "points": 3, "seed": 7, "temperature": None,
+                "not_an_option": 1}
+    assert accepted_options("vanilla", settings) == {"random_sign": True, "seed": 7}
+    assert accepted_options("symmetric", settings) == {}
+    assert accepted_options("finitenudge", settings) == {"points": 3}
+    assert accepted_options("holomorphic", settings) == {"points": 3}
+    assert accepted_options("stochastic", settings) == {"seed": 7}  # temperature None: left out
+    assert accepted_options("langevin", {**settings, "temperature": 0.1}) == {
+        "seed": 7, "temperature": 0.1}
+    with pytest.raises(ValueError, match="unknown estimator 'nope'; known: one-sided"):
+        accepted_options("nope", settings)
 
 
 def test_diverged_sample_raises_or_is_masked():

@@ -15,10 +15,18 @@ import xarray as xr
 from ctep import relax
 from ctep.cli import main as ctep_main
 from ctep.data import get_spec, resolve_data_root
+from ctep.estimators import ESTIMATORS, canonical_name
 from ctep.models import model_options
 from ctep.train import CheckpointError, Trainer, TrainingDiverged, load_checkpoint, load_config
 from ctep.train.batches import epoch_order, shard, train_batches
-from ctep.train.build import build_field, build_optimizer, layer_groups, lr_factor
+from ctep.train.build import (
+    build_estimator,
+    build_field,
+    build_optimizer,
+    layer_groups,
+    lr_factor,
+    relax_configs,
+)
 from ctep.train.config import TrainConfig, apply_override
 from ctep.train.metrics import COLUMNS, read_metrics_csv
 
@@ -373,6 +381,38 @@ def test_registry_models_train_through_the_config(tmp_path):
                           'model.activation="hard_sigmoid"')).run()
 
 
+@pytest.mark.parametrize(("name", "options"), [
+    ("one-sided", {"random_sign": True, "seed": 5}), ("vanilla", {"random_sign": True, "seed": 5}),
+    ("centered", {}), ("symmetric", {}),
+    ("holomorphic", {"points": 3}), ("finite_nudge", {"points": 3}),
+    ("finitenudge", {"points": 3}), ("Finite-Nudge", {"points": 3}),
+    ("langevin", {"seed": 5, "temperature": 0.02}),
+    ("stochastic", {"seed": 5, "temperature": 0.02}),
+])
+def test_build_estimator_passes_each_alias_its_options(name, options):
+    """Every spelling of a name gets the options its estimator takes: those of [estimator] that
+    the constructor has (finitenudge used to get the default 4 points instead of 3)."""
+    cfg = synthetic(f"estimator.name={name!r}".replace("'", '"'), "estimator.random_sign=true",
+                    "estimator.points=3", "estimator.temperature=0.02", "estimator.seed=5",
+                    'estimator.on_failure="raise"')
+    est = build_estimator(cfg)
+    key = canonical_name(name)
+    assert type(est) is ESTIMATORS[key] and est.on_failure == "raise"
+    free, nudged, _ = relax_configs(cfg)
+    assert est.relax == free and est.nudged_relax == nudged
+    if "points" in options:
+        assert est.points == 3
+    if "temperature" in options:
+        assert est.temperature == 0.02
+    if "random_sign" in options:
+        assert est.random_sign is True
+    if "seed" in options and key == "langevin":
+        assert est.seed == 5
+    elif "seed" in options:  # one-sided EP's sign generator was seeded with estimator.seed
+        reference = ESTIMATORS[key](cfg.estimator.beta, **options)
+        assert torch.equal(est._gen.get_state(), reference._gen.get_state())
+
+
 @pytest.mark.parametrize("path", sorted(
     (pathlib.Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),
     ids=lambda p: p.stem)
@@ -381,6 +421,9 @@ def test_example_configs_load_and_build(path):
     convolutional ones (image inputs, which the synthetic data set does not make) build at their
     data set's image shape and take one relaxation step on a random batch."""
     cfg = load_config(path)
+    est = build_estimator(cfg)
+    assert type(est) is ESTIMATORS[canonical_name(cfg.estimator.name)]
+    assert est.beta == cfg.estimator.beta
     if "sizes" not in model_options(cfg.model.kind):
         spec = get_spec(cfg.data.name)
         field = build_field(cfg, spec.input_shape, spec.num_classes)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..dynamics import VectorField
-from ..estimators import Estimator, get_estimator
+from ..estimators import Estimator, accepted_options, get_estimator
 from ..losses import CrossEntropy, SquaredError
 from ..models import build_model, model_options
 from ..solve import RelaxConfig
@@ -92,20 +92,16 @@ def relax_configs(cfg: TrainConfig) -> tuple[RelaxConfig, RelaxConfig, RelaxConf
 
 
 def build_estimator(cfg: TrainConfig) -> Estimator:
-    """The estimator named in ``[estimator]`` with the run's relaxation settings."""
+    """The estimator named in ``[estimator]`` (any name or alias of
+    :func:`ctep.estimators.get_estimator`) with the run's relaxation settings, and of
+    ``random_sign``, ``points``, ``temperature`` (0: the estimator's default) and ``seed`` the
+    ones it takes (:func:`ctep.estimators.accepted_options`)."""
     e = cfg.estimator
     free, nudged, _ = relax_configs(cfg)
-    kwargs: dict = {"relax": free, "nudged_relax": nudged, "on_failure": e.on_failure}
-    name = e.name.lower().replace("_", "-")
-    if name in ("one-sided", "vanilla", "onesided"):
-        kwargs.update(random_sign=e.random_sign, seed=e.seed)
-    elif name in ("holomorphic", "finite-nudge"):
-        kwargs["points"] = e.points
-    elif name in ("langevin", "stochastic"):
-        kwargs["seed"] = e.seed
-        if e.temperature > 0:
-            kwargs["temperature"] = e.temperature
-    return get_estimator(e.name, e.beta, **kwargs)
+    settings = {"random_sign": e.random_sign, "points": e.points, "seed": e.seed,
+                "temperature": e.temperature if e.temperature > 0 else None}
+    return get_estimator(e.name, e.beta, relax=free, nudged_relax=nudged,
+                         on_failure=e.on_failure, **accepted_options(e.name, settings))
 
 
 def layer_groups(field: VectorField) -> list[list[nn.Parameter]]:
