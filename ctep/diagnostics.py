@@ -16,7 +16,6 @@ reach tol; τ ≡ c divides every eigenvalue by c.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._linalg import batched_jacobian, checked_eigvals, checked_eigvalsh
+from ._nudge import real_beta
 from ._states import States, per_sample_all_finite
 from .dynamics import VectorField
 
@@ -181,14 +181,12 @@ def jacobian_spectrum(field: VectorField, x: Tensor, states: States, y: Tensor |
     reduced J'. A sample whose states or J_d are not finite (a diverged relaxation) gets NaN
     eigenvalues instead of a failed or meaningless decomposition.
     """
-    if isinstance(beta, complex) or not isinstance(beta, numbers.Real) \
-            or not math.isfinite(float(beta)):
-        raise ValueError(f"beta must be a finite real number, got {beta!r}")
+    beta = real_beta(beta)
     states = tuple(states)
     if any(s.shape[0] != x.shape[0] for s in states):
         raise ValueError(f"states have batch {[int(s.shape[0]) for s in states]}, inputs have "
                          f"{x.shape[0]}")
-    bound = field.bind(x, y, float(beta))
+    bound = field.bind(x, y, beta)
     jd = batched_jacobian(bound.drive, tuple(s.detach() for s in states)).to(torch.float64)
     tau = torch.cat([t.detach().reshape(-1) for t in field.tau()]).to(torch.float64)
     jd = jd.to(tau.device)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import os
 import pathlib
@@ -61,6 +60,7 @@ import torchdiffeq
 from torch import Tensor
 
 from ._io import atomic_write
+from ._nudge import real_beta
 from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
 from .solve import RelaxationError, RelaxConfig, Status, available_methods, relax
@@ -83,7 +83,8 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
     Args:
         field: the network (energy, cost, τ).
         x, y: a batch of inputs and, for ``beta != 0`` or to store them, targets.
-        beta: real nudge strength β of F = E + β·ℓ (complex β is refused).
+        beta: real nudge strength β of F = E + β·ℓ: a finite real number or one-element real
+            tensor (:func:`ctep._nudge.real_beta`; complex β is refused).
         config: how to relax (method, tol, step, ...); ``record`` and ``polish`` are set here
             (recording on, no Newton polish: the polished states are not on the path).
         times: ``None`` to record at the solver's check times, or a strictly increasing grid
@@ -95,9 +96,7 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
     Returns:
         An ``xarray.Dataset`` laid out as in the module docstring.
     """
-    if not _is_real(beta) or not math.isfinite(float(beta)):
-        raise ValueError(f"beta must be a finite real number, got {beta!r}")
-    beta = float(beta)
+    beta = real_beta(beta)
     if not isinstance(config, RelaxConfig):
         raise TypeError(f"config must be a RelaxConfig, got {type(config).__name__}")
     if s0 is not None:
@@ -138,12 +137,6 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
             states, stats = _odeint_on_grid(bound, s0, cfg, grid)
         t, mode, message = grid, "time_grid", ""
     return _to_dataset(bound, t, states, stats, cfg, mode, message, ids)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) or (
-        torch.is_tensor(v) and v.numel() == 1 and not v.is_complex()
-        and v.dtype != torch.bool)
 
 
 def _check_samples(samples: Sequence[int] | Tensor, batch: int) -> list[int]:

@@ -349,6 +349,30 @@ def test_spectrum_of_a_non_finite_sample_is_nan_and_leaves_the_others_alone(acti
     with pytest.raises(ValueError, match="batch"):
         jacobian_spectrum(field, x[:2], eq.states)
 
+
+@pytest.mark.parametrize("beta", [torch.tensor(0.3, dtype=torch.float64),
+                                  torch.tensor([0.3], dtype=torch.float64),
+                                  np.float64(0.3)])
+def test_record_and_spectrum_take_the_same_betas(beta):
+    """One validator (ctep._nudge.real_beta) for both: a one-element real tensor β is 0.3 in
+    each (jacobian_spectrum refused a 0-d tensor), and they refuse the same bad β."""
+    field, x, y = net()
+    cfg = RelaxConfig(method="exp_euler", dt=0.2, tol=1e-9)
+    ds = record_relaxation(field, x, y, beta, config=cfg)
+    assert ds.attrs["beta"] == 0.3
+    assert ds.identical(record_relaxation(field, x, y, 0.3, config=cfg))
+    states = tuple(layer_states(ds, i)[-1] for i in (1, 2))
+    assert torch.equal(jacobian_spectrum(field, x, states, y, beta).eigenvalues,
+                       jacobian_spectrum(field, x, states, y, 0.3).eigenvalues)
+    for bad, says in [(True, "real number"), (0.1j, "real number"), ("0.2", "real number"),
+                      (torch.tensor([0.1, 0.2]), "one-element"),
+                      (torch.tensor(0.1j), "real number"), (math.nan, "finite"),
+                      (torch.tensor(math.inf), "finite")]:
+        with pytest.raises(ValueError, match=says):
+            record_relaxation(field, x, y, bad, config=cfg)
+        with pytest.raises(ValueError, match=says):
+            jacobian_spectrum(field, x, states, y, bad)
+
 def test_time_to_tolerance_follows_the_slowest_rate():
     field, x, y = net("sigmoid", "primitive", spread=1.0)
     eq = relax(field.bind(x), config=RelaxConfig(method="dopri5", tol=1e-11))
