@@ -73,6 +73,10 @@ from .solve.relax import (
     odeint_options,
 )
 
+#: (drive τ ⊙ ds/dt per layer, residual ‖drive‖∞, F = E + β·ℓ) at every stored state
+#: ``(K, B, ...)``: what :func:`path_quantities` returns
+PathQuantities = tuple[States, Tensor, Tensor]
+
 
 def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
                       beta: float = 0.0, *, config: RelaxConfig,
@@ -125,18 +129,19 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
     if times is None:
         eq = relax(bound, s0, cfg)
         t, states = eq.trajectory.times, eq.trajectory.states
+        quantities = _path_quantities(bound, states)
         stats = {"status": eq.status, "nfe": eq.nfe, "steps": eq.steps, "t_stop": eq.t}
         mode, message = "check_times", eq.message
     else:
         grid = _check_times(times)
         if cfg.method in ADAPTIVE_METHODS:
-            states, stats = _adaptive_on_grid(bound, s0, cfg, grid)
+            states, quantities, stats = _adaptive_on_grid(bound, s0, cfg, grid)
         elif cfg.method in LOOP_METHODS:
-            states, stats = _loop_on_grid(bound, s0, cfg, grid)
+            states, quantities, stats = _loop_on_grid(bound, s0, cfg, grid)
         else:
-            states, stats = _odeint_on_grid(bound, s0, cfg, grid)
+            states, quantities, stats = _odeint_on_grid(bound, s0, cfg, grid)
         t, mode, message = grid, "time_grid", ""
-    return _to_dataset(bound, t, states, stats, cfg, mode, message, ids)
+    return _to_dataset(bound, t, states, quantities, stats, cfg, mode, message, ids)
 
 
 def _check_samples(samples: Sequence[int] | Tensor, batch: int) -> list[int]:
@@ -165,8 +170,9 @@ def _check_times(times: Sequence[float] | Tensor) -> Tensor:
 
 
 def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
-                  grid: Tensor) -> tuple[States, dict]:
-    """A loop method at tolerance 0 up to the last grid time; the iterates at the grid times."""
+                  grid: Tensor) -> tuple[States, PathQuantities, dict]:
+    """A loop method at tolerance 0 up to the last grid time; the iterates at the grid times,
+    their :data:`PathQuantities` and the statistics (status, nfe, steps, t_stop)."""
     step = loop_steps(bound, cfg)[1]
     n = torch.round(grid / step)
     if not bool(torch.allclose(n * step, grid, rtol=1e-9, atol=1e-12)):
@@ -183,15 +189,17 @@ def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
                                   "(did the step size differ from the one assumed?)")
         pick.append(int(hit[-1]))
     states = tuple(s[pick] for s in states)
-    status = _grid_status(bound, states, cfg)
+    quantities = _path_quantities(bound, states)
+    status = _grid_status(states, quantities[1][-1], cfg)
     stats = {"status": status, "nfe": eq.nfe, "steps": eq.steps,
              "t_stop": torch.where(status == int(Status.DIVERGED), eq.t, grid[-1])}
-    return states, stats
+    return states, quantities, stats
 
 
 def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
-                    grid: Tensor) -> tuple[States, dict]:
-    """``torchdiffeq.odeint`` over the whole batch with output at the grid times."""
+                    grid: Tensor) -> tuple[States, PathQuantities, dict]:
+    """``torchdiffeq.odeint`` over the whole batch with output at the grid times; the states,
+    their :data:`PathQuantities` and the statistics."""
     energy = bound.energy
     s0 = initial_states(bound, s0)
     tau_min = min(float((1 / it).min()) for it in bound.inv_tau)
@@ -211,15 +219,16 @@ def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
     k, b = grid.numel(), s0[0].shape[0]
     flat = tuple(energy.clamp(tuple(s.reshape(k * b, *s.shape[2:]) for s in states)))
     states = tuple(s.reshape(k, b, *s.shape[1:]) for s in flat)
-    status = _grid_status(bound, states, cfg)
+    quantities = _path_quantities(bound, states)
+    status = _grid_status(states, quantities[1][-1], cfg)
     nfe = torch.full((b,), bound.nfe, dtype=torch.int64)
     stats = {"status": status, "nfe": nfe, "steps": torch.full((b,), k, dtype=torch.int64),
              "t_stop": _stop_times(states, status, grid, cfg.diverge_at)}
-    return states, stats
+    return states, quantities, stats
 
 
 def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
-                      grid: Tensor) -> tuple[States, dict]:
+                      grid: Tensor) -> tuple[States, PathQuantities, dict]:
     """rk23 / etd2 from each grid time to the next, every sample with its own step sizes
     (:func:`ctep.solve.adaptive.integrate_adaptive`, error control from ``cfg``: rtol, atol,
     ``dt`` as the first step, ``max_steps`` per interval)."""
@@ -240,12 +249,13 @@ def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
         out.append(s)
         t_prev = t
     states = tuple(torch.stack([o[k] for o in out]) for k in range(len(s)))
-    status = _grid_status(bound, states, cfg)
+    quantities = _path_quantities(bound, states)
+    status = _grid_status(states, quantities[1][-1], cfg)
     b = s[0].shape[0]
     stats = {"status": status, "nfe": torch.full((b,), nfe, dtype=torch.int64),
              "steps": torch.full((b,), steps, dtype=torch.int64),
              "t_stop": _stop_times(states, status, grid, cfg.diverge_at)}
-    return states, stats
+    return states, quantities, stats
 
 
 def _stop_times(states: States, status: Tensor, grid: Tensor, limit: float) -> Tensor:
@@ -261,13 +271,13 @@ def _stop_times(states: States, status: Tensor, grid: Tensor, limit: float) -> T
     return t
 
 
-def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
-    """Status at the last grid time: CONVERGED when ‖drive‖∞ ≤ tol there, DIVERGED when the
-    states are non-finite or beyond ``diverge_at``, else MAX_STEPS."""
+def _grid_status(states: States, residual: Tensor, cfg: RelaxConfig) -> Tensor:
+    """Status at the last grid time from the states there and their ``residual`` ‖drive‖∞
+    (the path's, :func:`path_quantities`): CONVERGED when the residual is ≤ tol, DIVERGED when
+    the states or the residual are non-finite or the states beyond ``diverge_at``, else
+    MAX_STEPS."""
     last = tuple(s[-1] for s in states)
-    with torch.no_grad():
-        r = bound.residual(last)
-    bound.nfe -= 1  # a diagnostic evaluation, not part of the relaxation
+    r = residual
     bad = ~per_sample_all_finite(last) | ~torch.isfinite(r) | (
         per_sample_max_abs(last) > cfg.diverge_at)
     status = torch.full(r.shape, int(Status.MAX_STEPS), dtype=torch.int8)
@@ -277,7 +287,7 @@ def _grid_status(bound: BoundField, states: States, cfg: RelaxConfig) -> Tensor:
 
 
 def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float,
-                    states: States, *, rows: int = 4096) -> tuple[States, Tensor, Tensor]:
+                    states: States, *, rows: int = 4096) -> PathQuantities:
     """The drive τ ⊙ ds/dt, the residual ‖drive‖∞ and F = E + β·ℓ at states of shape
     ``(K, B, *shape_l)``, evaluated in batches of about ``rows`` (time, sample) points."""
     k, b = states[0].shape[:2]
@@ -300,14 +310,20 @@ def path_quantities(field: VectorField, x: Tensor, y: Tensor | None, beta: float
     return drive, torch.cat(residuals), torch.cat(energies)
 
 
-def _to_dataset(bound: BoundField, times: Tensor, states: States, stats: dict,
-                cfg: RelaxConfig, mode: str, message: str, sample_ids: list[int]):
+def _path_quantities(bound: BoundField, states: States) -> PathQuantities:
+    """:func:`path_quantities` of ``states`` under the field, inputs, targets and β of
+    ``bound`` (a fresh bound field: ``bound.nfe`` keeps counting the relaxation only)."""
+    return path_quantities(bound.field, bound.x, bound.y, float(bound.beta), states)
+
+
+def _to_dataset(bound: BoundField, times: Tensor, states: States, quantities: PathQuantities,
+                stats: dict, cfg: RelaxConfig, mode: str, message: str, sample_ids: list[int]):
     import xarray as xr
 
     from . import __version__
 
     field, x, y, beta = bound.field, bound.x, bound.y, float(bound.beta)
-    drive, residual, energy = path_quantities(field, x, y, beta, states)
+    drive, residual, energy = quantities
     k, b = states[0].shape[:2]
     data: dict = {}
     coords: dict = {"time": times.double().numpy(), "sample": sample_ids}

@@ -88,6 +88,32 @@ def test_path_quantities_do_not_depend_on_the_chunking():
     assert float(d.abs().max()) > 0.01  # the points differ, so a mixed-up index would show
 
 
+@pytest.mark.parametrize(("method", "times"), [
+    ("exp_euler", None), ("exp_euler", [0.0, 0.4, 1.0]), ("dopri5", [0.5, 1.0, 3.0]),
+    ("rk23", [0.5, 1.0, 3.0]), ("fixed_point", [0.0, 2.0, 5.0])])
+def test_recording_evaluates_the_field_once_per_stored_state(monkeypatch, method, times):
+    """The field is evaluated by the relaxation (its NFE) and once for the stored path (the
+    drive, residual and status come from that one pass); the status at the last grid time used
+    to evaluate the field once more."""
+    field, x, y = net()
+    calls = []
+    real = field.energy.drive
+
+    def counting(x_, states, nudge, **kwargs):
+        calls.append(int(states[0].shape[0]))
+        return real(x_, states, nudge, **kwargs)
+
+    monkeypatch.setattr(field.energy, "drive", counting)
+    ds = record_relaxation(field, x, y, 0.1, times=times,
+                           config=RelaxConfig(method=method, dt=0.2, tol=1e-6, max_steps=500))
+    k, b = ds.sizes["time"], ds.sizes["sample"]
+    assert calls[-1] == k * b  # the path, in one chunk (k·b ≤ 4096 rows)
+    assert len(calls) - 1 == int(ds["nfe"].max()), (len(calls), int(ds["nfe"].max()))
+    status = np.where(ds["residual"].values[-1] <= 1e-6, int(Status.CONVERGED),
+                      int(Status.MAX_STEPS))
+    assert (ds["status"].values == status).all()  # the status reads the stored residual
+
+
 def test_conv_states_are_flattened_with_their_shape_kept(tmp_path):
     energy, in_shape = small_instance("conv", seed=0, dtype=torch.float32)
     field = VectorField(energy)
