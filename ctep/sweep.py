@@ -11,10 +11,19 @@ holds::
     DIR/runs/<id>/        the run folder (config.toml, metrics.csv/.nc, checkpoint.pt)
     DIR/runs/<id>/result.json   written when the run has ended (completed or diverged)
     DIR/results.nc        every finished run, one dimension per grid axis (+ ``epoch``)
+    DIR/.sweep.lock       while a sweep runs there: its pid and host (see below)
 
 Rerunning the same sweep skips runs with a ``result.json``, resumes runs with a checkpoint and
 no result, and starts the rest; ``results.nc`` is rewritten atomically after every run, so a
 sweep stopped at any point loses at most the run in progress after its last checkpoint.
+
+One sweep at a time per folder: :func:`run_sweep` holds ``DIR/.sweep.lock`` (created with
+``O_CREAT | O_EXCL``, :func:`ctep._lock.folder_lock`) while it runs, and a second sweep started
+there meanwhile stops with a :class:`~ctep._lock.FolderLockedError` naming the folder and the
+running sweep's pid and host. The file is removed when the sweep returns or raises. A sweep
+killed outright leaves it behind: the next sweep on the same host takes it over when that pid
+no longer exists; from another host (or after the pid was reused), delete it by hand once the
+old sweep is surely gone.
 
 Outcomes of a run (*diverged* is recorded in ``result.json`` when the run ends; *collapsed*
 and *trained* are computed from its per-epoch rows when the Dataset is assembled, so other
@@ -47,6 +56,7 @@ import numpy as np
 import xarray as xr
 
 from ._io import atomic_write_text
+from ._lock import folder_lock
 from .record import save_dataset
 from .solve import RelaxationError
 from .solve.relax import per_neuron_steps
@@ -57,6 +67,7 @@ from .train.config import SECTIONS
 
 SWEEP_FORMAT = 1
 SPEC_NAME = "sweep.json"
+LOCK_NAME = ".sweep.lock"
 RESULT_NAME = "result.json"
 RESULTS_NAME = "results.nc"
 #: the config keys the ``seed`` shorthand sets
@@ -203,43 +214,46 @@ def run_sweep(base: TrainConfig, grid: Grid, out: str | pathlib.Path, *,
     configs = [point_config(base, p) for p in points]  # every point validated before any run
     ids = [run_id(p) for p in points]
     spec = _sweep_spec(base, grid)
-    unclaimed = _check_folder(out, spec)  # sweep.json is written once the first data loads
-    report = SweepReport(total=len(points))
-    say = log or (lambda _line: None)
-    # runs that share their data settings run next to each other: the data is loaded once
-    order = sorted(range(len(points)), key=lambda i: _data_key(configs[i]))
-    cache: tuple[str, Any] | None = None
-    for n, i in enumerate(order, 1):
-        folder = out / "runs" / ids[i]
-        if (folder / RESULT_NAME).exists():
-            report.skipped += 1
-            continue
-        if max_runs is not None and report.started + report.resumed >= max_runs:
-            report.stopped_early = True
-            break
-        cfg = configs[i]
-        key = _data_key(cfg)
-        if cache is None or cache[0] != key:
-            cache = None  # free the previous splits first
-            cache = (key, load_train_data(cfg.data, cfg.model))
-        if unclaimed:  # a first call that cannot load its data leaves no folder behind
-            atomic_write_text(out / SPEC_NAME, json.dumps(spec, indent=1, allow_nan=True))
-            unclaimed = False
-        resume = (folder / CHECKPOINT_NAME).exists()
-        report.resumed += resume
-        report.started += not resume
-        stop = stop_after_batches if report.started + report.resumed == 1 else None
-        result = _run_point(cfg, points[i], ids[i], folder, resume, cache[1], stop)
-        if result is None:  # stopped as if killed
-            report.stopped_early = True
-            break
-        report.diverged += result["status"] == "diverged"
+    if out.exists() and not out.is_dir():
+        raise SweepMismatchError(f"{out} exists and is not a folder")
+    with folder_lock(out, LOCK_NAME, "sweep"):  # one sweep at a time in a folder
+        unclaimed = _check_folder(out, spec)  # sweep.json is written once the first data loads
+        report = SweepReport(total=len(points))
+        say = log or (lambda _line: None)
+        # runs that share their data settings run next to each other: the data is loaded once
+        order = sorted(range(len(points)), key=lambda i: _data_key(configs[i]))
+        cache: tuple[str, Any] | None = None
+        for n, i in enumerate(order, 1):
+            folder = out / "runs" / ids[i]
+            if (folder / RESULT_NAME).exists():
+                report.skipped += 1
+                continue
+            if max_runs is not None and report.started + report.resumed >= max_runs:
+                report.stopped_early = True
+                break
+            cfg = configs[i]
+            key = _data_key(cfg)
+            if cache is None or cache[0] != key:
+                cache = None  # free the previous splits first
+                cache = (key, load_train_data(cfg.data, cfg.model))
+            if unclaimed:  # a first call that cannot load its data leaves no folder behind
+                atomic_write_text(out / SPEC_NAME, json.dumps(spec, indent=1, allow_nan=True))
+                unclaimed = False
+            resume = (folder / CHECKPOINT_NAME).exists()
+            report.resumed += resume
+            report.started += not resume
+            stop = stop_after_batches if report.started + report.resumed == 1 else None
+            result = _run_point(cfg, points[i], ids[i], folder, resume, cache[1], stop)
+            if result is None:  # stopped as if killed
+                report.stopped_early = True
+                break
+            report.diverged += result["status"] == "diverged"
+            write_results(out, outcome)
+            last = result["history"][-1]["test_acc"] if result["history"] else math.nan
+            say(f"[{n}/{len(points)}] {ids[i]}: {result['status']}, test_acc {last:.4f}, "
+                f"{result['seconds']:.1f} s")
         write_results(out, outcome)
-        last = result["history"][-1]["test_acc"] if result["history"] else math.nan
-        say(f"[{n}/{len(points)}] {ids[i]}: {result['status']}, test_acc {last:.4f}, "
-            f"{result['seconds']:.1f} s")
-    write_results(out, outcome)
-    return report
+        return report
 
 
 def _run_point(cfg: TrainConfig, point: dict[str, Any], rid: str, folder: pathlib.Path,
@@ -298,8 +312,9 @@ def _sweep_spec(base: TrainConfig, grid: Grid) -> dict[str, Any]:
 
 
 def _check_folder(out: pathlib.Path, spec: Mapping[str, Any]) -> bool:
-    """Whether ``out`` is new (``sweep.json`` still to be written); raise
-    :class:`SweepMismatchError` if it holds another sweep, or files but no ``sweep.json``."""
+    """Whether the folder ``out`` (which exists: it holds this sweep's lock) is new
+    (``sweep.json`` still to be written); raise :class:`SweepMismatchError` if it holds another
+    sweep, or files but no ``sweep.json``."""
     path = out / SPEC_NAME
     if path.exists():
         try:
@@ -318,9 +333,7 @@ def _check_folder(out: pathlib.Path, spec: Mapping[str, Any]) -> bool:
             raise SweepMismatchError(f"{out} holds a sweep with another base config: "
                                      f"{', '.join(differ)} differ; use another --out folder")
         return False
-    if out.exists() and not out.is_dir():
-        raise SweepMismatchError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
         raise SweepMismatchError(f"{out} exists and holds no {SPEC_NAME}: not a sweep folder")
     return True
 

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="SECTION.KEY=VALUE",
                    help="override one base-config value (TOML syntax), repeatable")
     p.add_argument("--out", type=pathlib.Path, required=True,
-                   help="sweep folder; rerunning the same command there resumes the sweep")
+                   help="sweep folder; rerunning the same command there resumes the sweep. "
+                        "One sweep at a time per folder (lock file OUT/.sweep.lock)")
     p.add_argument("--data-root", default=None,
                    help="torchvision data root (overrides data.root; default $CTEP_DATA or "
                         "./data). It becomes part of the sweep's base config: a rerun in the "

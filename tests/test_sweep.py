@@ -4,13 +4,19 @@ sweep, diverged runs recorded, collapse rule, CLI (synthetic data, float64)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import xarray as xr
 
+from ctep._lock import FolderLockedError
 from ctep.cli import main as ctep_main
 from ctep.sweep import (
+    LOCK_NAME,
     Outcome,
     SweepMismatchError,
     expand_grid,
@@ -201,8 +207,54 @@ def test_a_first_call_without_data_leaves_no_sweep_behind(tmp_path):
     missing = base('data.name="mnist"', f'data.root="{(tmp_path / "nodata").as_posix()}"')
     with pytest.raises(FileNotFoundError, match="could not be loaded"):
         run_sweep(missing, grid, out)
-    assert not (out / "sweep.json").exists()
+    assert not out.exists()  # nor its lock, nor the folder the lock made
     assert run_sweep(base("train.epochs=1"), grid, out).started == 1
+
+
+def test_a_second_sweep_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "s"
+    grid = parse_grid(["optimizer.lr=[0.1, 0.3]"])
+    refused = []
+
+    def second_sweep(_line):  # called by the first sweep after its first run, lock held
+        if not refused:
+            with pytest.raises(FolderLockedError) as err:
+                run_sweep(base("train.epochs=1"), grid, out)
+            refused.append(str(err.value))
+            assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+    report = run_sweep(base("train.epochs=1"), grid, out, log=second_sweep)
+    assert report.started == 2 and len(refused) == 1
+    assert f"{out} is in use by another sweep (pid {os.getpid()} on host" in refused[0]
+    assert f"rm {out / LOCK_NAME}" in refused[0]
+    assert not (out / LOCK_NAME).exists()  # released on return
+    assert run_sweep(base("train.epochs=1"), grid, out).skipped == 2
+
+
+@pytest.mark.skipif(os.name != "posix", reason="pids are probed on POSIX only")
+def test_a_killed_sweeps_lock_is_taken_over_and_a_live_ones_is_not(tmp_path, capsys):
+    out = tmp_path / "s"
+    grid = parse_grid(["optimizer.lr=[0.1]"])
+    run_sweep(base("train.epochs=1"), grid, out, max_runs=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = {"pid": dead.pid, "host": socket.gethostname(), "started": "2026-11-30T00:00:00"}
+    (out / LOCK_NAME).write_text(json.dumps(lock))
+    assert run_sweep(base("train.epochs=1"), grid, out).skipped == 1  # stale: taken over
+    assert not (out / LOCK_NAME).exists()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({**lock, "pid": live.pid}))
+        config = tmp_path / "base.toml"
+        config.write_text(base("train.epochs=1").to_toml())
+        argv = ["sweep", "--config", str(config), "--grid", "optimizer.lr=[0.1]", "--out",
+                str(out)]
+        assert ctep_main(argv) == 2
+        assert f"is in use by another sweep (pid {live.pid} on host" in capsys.readouterr().err
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == live.pid  # left alone
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_collapse_rule():
