@@ -6,8 +6,10 @@ from dataclasses import dataclass, replace
 
 #: ctep's per-sample adaptive integrators (ctep.solve.adaptive: own step size per sample)
 ADAPTIVE_METHODS = ("rk23", "etd2")
+#: iterations of the map s ← clamp(s + h ⊙ drive(s)): plain, or Anderson-accelerated
+MAP_METHODS = ("fixed_point", "anderson")
 #: ctep's own batched loops (τ-aware where it matters, per-sample stopping, no torchdiffeq)
-LOOP_METHODS = ("fixed_point", "exp_euler", *ADAPTIVE_METHODS)
+LOOP_METHODS = (*MAP_METHODS, "exp_euler", *ADAPTIVE_METHODS)
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,8 @@ class RelaxConfig:
     Attributes:
         method: ``"fixed_point"`` (the damped map s ← s + h·drive: τ-free with h = damping
             when ``dt`` is None, per-neuron h_i = min(1, damping·dt/τ_i) when it is set),
-            ``"exp_euler"``
+            ``"anderson"`` (that map with Anderson acceleration, :mod:`ctep.solve.anderson`:
+            same h, dt and damping, one evaluation per iteration), ``"exp_euler"``
             (exponential Euler with per-neuron factor h = 1 − exp(−dt/τ), exact for the unit
             leak −s/τ), ``"rk23"`` / ``"etd2"`` (per-sample adaptive Bogacki–Shampine 3(2)
             and exponential ETD2RK/ETD1 pairs, :mod:`ctep.solve.adaptive`: ``dt`` is their
@@ -44,6 +47,11 @@ class RelaxConfig:
             atol = tol/10. Looser values leave the residual on a floor above
             tol once τ is heterogeneous (SOLVER_NOTES.md §2; measured here: rtol 1e-3 stalls at
             2e-4 with gamma τ of spread 1); tighter ones cost evaluations for nothing.
+        memory: ``anderson``: m, the number of past iterate differences mixed (≥ 1).
+        anderson_reg: ``anderson``: relative Tikhonov regularisation λ = reg·tr(ΔFᵀΔF)/m of
+            its least-squares problem (> 0).
+        anderson_restart: ``anderson``: a sample whose map residual ‖G(s) − s‖∞ exceeds this
+            factor times its best so far drops its history and restarts from its best iterate.
         polish: Newton steps after the relaxation (dense per-sample Jacobian: small nets only).
         record: keep the trajectory at the check times.
         diverge_at: states beyond this magnitude count as diverged.
@@ -60,6 +68,9 @@ class RelaxConfig:
     window_growth: float = 1.5
     rtol: float | None = None
     atol: float | None = None
+    memory: int = 5
+    anderson_reg: float = 1e-10
+    anderson_restart: float = 100.0
     polish: int = 0
     record: bool = False
     diverge_at: float = 1e8

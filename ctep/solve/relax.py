@@ -24,7 +24,8 @@ from .._states import (
     unflatten_states,
 )
 from ..dynamics import BoundField
-from .config import ADAPTIVE_METHODS, LOOP_METHODS, RelaxConfig
+from .anderson import AndersonStep
+from .config import ADAPTIVE_METHODS, LOOP_METHODS, MAP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
 
 TORCHDIFFEQ_METHODS = tuple(sorted(SOLVERS))
@@ -201,18 +202,19 @@ def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
 
 
 def loop_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
-    """(h per layer, time per iteration) of a loop method: ``fixed_point`` h = damping and time 1
+    """(h per layer, time per iteration) of a loop method: ``fixed_point`` (and the map that
+    ``anderson`` accelerates) h = damping and time 1
     (τ-free), or with ``dt`` h_i = min(1, damping·dt/τ_i) and time damping·dt; ``exp_euler``
     h = 1 − exp(−dt/τ) and time dt (default τ_min)."""
-    if cfg.method == "fixed_point":
+    if cfg.method in MAP_METHODS:
         if not 0 < cfg.damping <= 1:
-            raise ValueError(f"fixed_point damping must lie in (0, 1], got {cfg.damping}")
+            raise ValueError(f"{cfg.method} damping must lie in (0, 1], got {cfg.damping}")
         if cfg.dt is None:  # τ-free: one scalar step for every neuron
             h: tuple = (cfg.damping,) * len(field.inv_tau)
             time_per_step = 1.0
         else:  # per-neuron steps h_i = min(1, damping·dt/τ_i) (THEORY §2.1)
             if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
-                raise ValueError(f"fixed_point dt must be positive and finite, got {cfg.dt}")
+                raise ValueError(f"{cfg.method} dt must be positive and finite, got {cfg.dt}")
             h = per_neuron_steps(tuple(field.field.tau()), cfg.dt, cfg.damping)
             time_per_step = cfg.damping * cfg.dt  # an Euler step of damping·dt in time
     else:  # exp_euler: h = 1 − exp(−dt/τ), exact for the unit leak
@@ -226,11 +228,14 @@ def loop_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
 
 
 def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
-    """ctep's loops: s ← clamp(s + h ⊙ drive(s)), checked every ``check_every`` iterations."""
+    """ctep's loops: s ← clamp(s + h ⊙ drive(s)) (``anderson``: that map's Anderson-accelerated
+    iteration), checked every ``check_every`` iterations."""
     energy = field.energy
     batch = s0[0].shape[0]
     h, time_per_step = loop_steps(field, cfg)
     unit_step = tuple(not torch.is_tensor(hh) and hh == 1 for hh in h)
+    mixer = (AndersonStep(energy, h, s0, cfg.memory, cfg.anderson_reg, cfg.anderson_restart)
+             if cfg.method == "anderson" else None)
     book = _Book(s0, cfg.record)
     idx = torch.arange(batch, device=s0[0].device)
     s = s0
@@ -254,15 +259,23 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
                 if not bool(keep.all()):
                     idx, s, d = idx[keep], tuple(x[keep] for x in s), tuple(x[keep] for x in d)
                     f = _sub_field(field, idx, batch)
+                    if mixer is not None:
+                        mixer.keep(keep)
             if not idx.numel():
                 break
-        s = energy.clamp(tuple(x + dd if unit else x + hh * dd  # 1·d is d: skip the product
-                               for x, hh, dd, unit in zip(s, h, d, unit_step, strict=True)))
+        if mixer is not None:
+            s = mixer(s, d)
+        else:
+            s = energy.clamp(tuple(x + dd if unit else x + hh * dd  # 1·d is d: skip the product
+                                   for x, hh, dd, unit in zip(s, h, d, unit_step, strict=True)))
         step += 1
     t_end = step * time_per_step
     if cfg.record and (not book.rec_t or book.rec_t[-1] != t_end):  # not already at a check
         book.snapshot(t_end)
-    return book.result(cfg.method, cfg.tol)
+    eq = book.result(cfg.method, cfg.tol)
+    if mixer is not None:
+        eq.extra["anderson_restarts"] = mixer.restarts
+    return eq
 
 
 def _relax_torchdiffeq(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:

@@ -1,0 +1,141 @@
+"""Anderson acceleration of the fixed-point map, per sample, without host synchronisation.
+
+The map of ``fixed_point`` is G(s) = clamp(s + h ⊙ drive(s)) (h = damping, or per neuron
+h_i = min(1, damping·dt/τ_i)); its fixed points are the equilibria. Where G contracts slowly
+(a contraction factor near 1: deep or strongly coupled nets, small steps h), plain iteration
+needs thousands of steps. Anderson acceleration (type II, Walker & Ni 2011) mixes the last m
+iterates instead: with the map residual f_k = G(s_k) − s_k and the columns of
+
+    ΔF_k = [f_{k−j+1} − f_{k−j}]_{j=1..m},    ΔG_k = [G(s_{k−j+1}) − G(s_{k−j})]_{j=1..m},
+
+    γ_k = argmin_γ ‖f_k − ΔF_k γ‖₂² + λ_k ‖γ‖₂²,    s_{k+1} = clamp(G(s_k) − ΔG_k γ_k),
+
+a secant (multisecant Broyden) step on s − G(s) = 0 that costs one field evaluation per
+iteration, like the map, plus B·m·n work for the m×m normal equations. λ_k = reg·tr(ΔFᵀΔF)/m
+(reg raised to the dtype's ε if smaller) keeps them well posed when the differences are
+nearly dependent.
+
+Everything is per sample and stays on the device: each sample has its own history, its own
+least-squares problem (a batched Cholesky whose failures give γ = 0 for that sample, a plain map
+step) and its own safeguard: a sample whose ‖f_k‖∞ exceeds ``restart`` times its best so far
+drops its history and restarts from G(s_best), the map's image of its best iterate. Nothing is
+read on the host; the relaxation loop's residual checks are the only synchronisation.
+
+Anderson finds fixed points of G, as the map does, but it is not a descent method on F: on an
+energy with several minima it can settle in a different one than the map from the same start
+(both are equilibria, with residual ≤ tol; EP's estimators only need an equilibrium).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._states import States, flatten_states, unflatten_states
+from ..energies.base import Energy
+
+
+class AndersonStep:
+    """One Anderson-accelerated map iteration per call, for the samples still working.
+
+    Args:
+        energy: the energy (its ``clamp`` projects iterates onto the box).
+        h: the map's step per layer: a number, or a tensor broadcastable to the layer's
+            per-sample shape (``per_neuron_steps``).
+        states: the starting states (shapes and dtype of the history).
+        memory: m, the number of past differences mixed (≥ 1).
+        reg: relative Tikhonov regularisation of the normal equations (> 0).
+        restart: safeguard factor (> 1): ‖f_k‖∞ > restart·min_{j≤k} ‖f_j‖∞ restarts the sample.
+    """
+
+    def __init__(self, energy: Energy, h: tuple, states: States, memory: int,
+                 reg: float, restart: float) -> None:
+        if memory < 1:
+            raise ValueError(f"anderson memory must be ≥ 1, got {memory}")
+        if not reg > 0:
+            raise ValueError(f"anderson reg must be > 0, got {reg}")
+        if not restart > 1:
+            raise ValueError(f"anderson restart must be > 1, got {restart}")
+        self.energy = energy
+        self.shapes = tuple(tuple(x.shape[1:]) for x in states)
+        ref = states[0]
+        self.h = self._flat_steps(h, ref)
+        batch, n = ref.shape[0], sum(x[0].numel() for x in states)
+        self.memory, self.reg, self.restart = memory, reg, restart
+        info = torch.finfo(ref.dtype)
+        self.reg_eff = max(reg, float(info.eps))  # below ε the shift would not register
+        self.tiny = info.tiny
+        kw = {"dtype": ref.dtype, "device": ref.device}
+        self.d_f = torch.zeros(batch, memory, n, **kw)  # ΔF rows (a ring buffer over columns)
+        self.d_g = torch.zeros(batch, memory, n, **kw)
+        self.valid = torch.zeros(batch, memory, dtype=torch.bool, device=ref.device)
+        self.f_prev: Tensor | None = None
+        self.g_prev: Tensor | None = None
+        self.best_r = torch.full((batch,), torch.inf, **kw)
+        self.best_g = torch.zeros(batch, n, **kw)
+        self.column = 0
+        self.idx = torch.arange(batch, device=ref.device)  # working samples' full-batch index
+        #: safeguard restarts per sample of the full batch
+        self.restarts = torch.zeros(batch, dtype=torch.int64, device=ref.device)
+
+    def _flat_steps(self, h: tuple, ref: Tensor) -> Tensor | float:
+        """h as one row ``(1, n)`` over the flattened states, or a number when it is one."""
+        if all(not torch.is_tensor(x) for x in h) and len(set(h)) == 1:
+            return float(h[0])
+        parts = [(x if torch.is_tensor(x) else torch.tensor(x, dtype=ref.dtype))
+                 .to(ref.device, ref.dtype).expand(shape).reshape(-1)
+                 for x, shape in zip(h, self.shapes, strict=True)]
+        return torch.cat(parts).unsqueeze(0)
+
+    def keep(self, mask: Tensor) -> None:
+        """Drop the samples that left the working batch (``mask``: those that stay)."""
+        self.d_f, self.d_g, self.valid = self.d_f[mask], self.d_g[mask], self.valid[mask]
+        self.best_r, self.best_g = self.best_r[mask], self.best_g[mask]
+        self.idx = self.idx[mask]
+        if self.f_prev is not None:
+            self.f_prev, self.g_prev = self.f_prev[mask], self.g_prev[mask]
+
+    def __call__(self, states: States, drive: States) -> States:
+        """s_{k+1} from s_k = ``states`` and drive(s_k) = ``drive`` (module docstring)."""
+        s = flatten_states(states)
+        d = flatten_states(drive)
+        g = flatten_states(self.energy.clamp(unflatten_states(s + self.h * d, self.shapes)))
+        f = g - s
+        if self.f_prev is not None:  # the newest secant pair replaces the oldest column
+            c = self.column
+            self.d_f[:, c] = f - self.f_prev
+            self.d_g[:, c] = g - self.g_prev
+            self.valid[:, c] = True
+            self.column = (c + 1) % self.memory
+        self.f_prev, self.g_prev = f, g
+        r = f.abs().amax(dim=1)
+        better = r < self.best_r  # NaN compares false: a NaN iterate never becomes the best
+        self.best_r = torch.where(better, r, self.best_r)
+        self.best_g = torch.where(better.unsqueeze(1), g, self.best_g)
+        restart = r > self.restart * self.best_r
+        restart |= torch.isnan(r)
+        self.restarts.index_add_(0, self.idx, restart.to(torch.int64))
+        self.valid &= ~restart.unsqueeze(1)
+        gamma = self._coefficients(f)
+        mixed = g - torch.bmm(gamma.unsqueeze(1), self.d_g).squeeze(1)
+        nxt = torch.where(restart.unsqueeze(1), self.best_g, mixed)
+        return self.energy.clamp(unflatten_states(nxt, self.shapes))
+
+    def _coefficients(self, f: Tensor) -> Tensor:
+        """γ per sample from (ΔFᵀΔF + λI) γ = ΔFᵀ f over the valid columns; γ = 0 elsewhere
+        and wherever the Cholesky factorisation fails."""
+        v = self.valid
+        gram = torch.bmm(self.d_f, self.d_f.transpose(1, 2))  # (B, m, m)
+        rhs = torch.bmm(self.d_f, f.unsqueeze(2)).squeeze(2)  # (B, m)
+        both = v.unsqueeze(2) & v.unsqueeze(1)
+        gram = torch.where(both, gram, torch.zeros((), dtype=gram.dtype, device=gram.device))
+        diag = torch.diagonal(gram, dim1=1, dim2=2)
+        count = v.sum(dim=1).clamp(min=1)
+        lam = (self.reg_eff * diag.sum(dim=1) / count).clamp(min=self.tiny)
+        shift = torch.where(v, lam.unsqueeze(1), torch.ones_like(lam).unsqueeze(1))
+        gram = gram + torch.diag_embed(shift)
+        rhs = torch.where(v, rhs, torch.zeros((), dtype=rhs.dtype, device=rhs.device))
+        chol, info = torch.linalg.cholesky_ex(gram)
+        gamma = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+        ok = (info == 0).unsqueeze(1) & torch.isfinite(gamma)
+        return torch.where(ok & v, gamma, torch.zeros((), dtype=gamma.dtype, device=gamma.device))
