@@ -87,6 +87,7 @@ def test_config_round_trips_through_toml(tmp_path):
     ("data.synthetic_classes=1", "data.synthetic_classes must be ≥ 2, got 1"),
     ("data.synthetic_test=0", "data.synthetic_test must be ≥ 1, got 0"),
     ('relax.method="exp_euler"', "unrolls the fixed_point map"),  # with mode bptt below
+    ("relax.memory=0", "relax.memory"),
 ])
 def test_bad_config_values_are_named(item, message):
     extra = {"nesterov": ["optimizer.nesterov=true"],
@@ -167,6 +168,8 @@ def test_batch_order_depends_only_on_seed_and_epoch():
     ("ep", ("tau.distribution=\"lognormal\"", "tau.spread=1.0", 'relax.method="exp_euler"',
             "relax.free_steps=40", "relax.nudged_steps=15", "relax.check_every=5",
             "relax.tol=1e-6")),
+    ("ep", ('relax.method="anderson"', "relax.memory=3", "relax.free_steps=15",
+            "relax.nudged_steps=6")),
     ("bp", ()),
     ("bptt", ("train.bptt_steps=15",)),
 ])

@@ -86,7 +86,7 @@ def relax_configs(cfg: TrainConfig) -> tuple[RelaxConfig, RelaxConfig, RelaxConf
     """(free, nudged, evaluation) relaxation settings."""
     r = cfg.relax
     base = RelaxConfig(method=r.method, tol=r.tol, check_every=r.check_every, damping=r.damping,
-                       dt=r.dt or None, max_steps=r.free_steps)
+                       dt=r.dt or None, max_steps=r.free_steps, memory=r.memory)
     return (base, base.replace(max_steps=r.nudged_steps),
             base.replace(max_steps=r.eval_steps or r.free_steps))
 

@@ -9,7 +9,8 @@ errors (a typo must not silently fall back to a default)::
                 options
     [cost]      name, readout
     [tau]       distribution, mean, spread, seed, per_layer, normalize
-    [relax]     method, free_steps, nudged_steps, tol, check_every, damping, dt, eval_steps
+    [relax]     method, free_steps, nudged_steps, tol, check_every, damping, dt, eval_steps,
+                memory
     [estimator] name, beta, random_sign, points, temperature, on_failure, seed
     [optimizer] name, lr, momentum, nesterov, weight_decay, betas, eps
     [schedule]  name, step_size, gamma, eta_min, warmup_epochs
@@ -124,7 +125,8 @@ class RelaxTrainConfig:
     method's default) is the step of ``exp_euler`` and torchdiffeq's fixed-grid methods; for
     ``fixed_point`` a positive ``dt`` gives every neuron its own step h_i = min(1,
     damping·dt/τ_i) (0 keeps the τ-free map with h = damping), and the ``bptt`` baseline
-    unrolls the same steps.
+    unrolls the same steps. ``method = "anderson"`` iterates that same map with Anderson
+    acceleration over the last ``memory`` iterates (:mod:`ctep.solve.anderson`).
     """
 
     method: str = "fixed_point"
@@ -135,6 +137,7 @@ class RelaxTrainConfig:
     damping: float = 1.0
     dt: float = 0.0
     eval_steps: int = 0
+    memory: int = 5
 
 
 @dataclass
@@ -278,6 +281,7 @@ class TrainConfig:
                  "relax.check_every and relax.eval_steps must be ≥ 0")
         _require(r.dt >= 0 and math.isfinite(r.dt), "relax.dt must be ≥ 0 (0: the method's "
                  "default)")
+        _require(r.memory >= 1, "relax.memory (anderson's history length) must be ≥ 1")
         _require(self.tau.normalize in TAU_NORMALIZATIONS, f"tau.normalize must be one of "
                  f"{list(TAU_NORMALIZATIONS)}, got {self.tau.normalize!r}")
         _require(e.beta > 0 and math.isfinite(e.beta), "estimator.beta must be > 0")
