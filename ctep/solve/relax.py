@@ -274,7 +274,7 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
         book.snapshot(t_end)
     eq = book.result(cfg.method, cfg.tol)
     if mixer is not None:
-        eq.extra["anderson_restarts"] = mixer.restarts
+        eq.extra["anderson_restarts"] = mixer.restarts()
     return eq
 
 
