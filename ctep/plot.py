@@ -12,15 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from .record import check_layer
+from .solve.config import MAP_METHODS
 
 
 def _time_label(ds) -> str:
-    """"iteration" for the τ-free fixed-point map (its time axis counts iterations)."""
+    """"iteration" for the τ-free fixed-point map and its Anderson acceleration (their time
+    axis counts iterations)."""
     import json
 
     method = ds.attrs.get("method", "")
     dt = json.loads(ds.attrs.get("relax_config", "{}")).get("dt")
-    return "iteration" if method == "fixed_point" and dt is None else "time t"
+    return "iteration" if method in MAP_METHODS and dt is None else "time t"
 
 
 def _figure(width: float, height: float):
