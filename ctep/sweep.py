@@ -289,9 +289,9 @@ def _run_point(cfg: TrainConfig, point: dict[str, Any], rid: str, folder: pathli
 
 def _tau_summary(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
     """τmax/τmin of the run's draw, and the mean over neurons of the step the discrete map
-    (and `anderson` accelerates) takes (:func:`~ctep.solve.relax.per_neuron_steps`, h_i =
-    min(1, damping·dt/τ_i), with
-    ``relax.dt``; else the τ-free damping; NaN for other methods)."""
+    takes, plain or Anderson-accelerated (:func:`~ctep.solve.relax.per_neuron_steps`,
+    h_i = min(1, damping·dt/τ_i), with ``relax.dt``; else the τ-free damping; NaN for other
+    methods)."""
     import torch
 
     tau = tuple(t.detach() for t in trainer.field.tau())
