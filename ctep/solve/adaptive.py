@@ -65,12 +65,13 @@ class _Rates:
 
     When each layer's τ is uniform (homogeneous τ, or one τ per layer) the row holds one entry
     per layer, z is one column per layer and sample, and the φ-functions cost O(B·L) instead of
-    O(B·n). Which case applies is read on the host once, when the integration starts.
+    O(B·n). Which case applies is read on the host once, when the integration starts
+    (``collapse_uniform=False`` keeps one entry per neuron: the same values, at O(B·n)).
     """
 
-    def __init__(self, inv_tau: tuple[Tensor, ...]) -> None:
+    def __init__(self, inv_tau: tuple[Tensor, ...], collapse_uniform: bool = True) -> None:
         flat = [it.detach().reshape(-1) for it in inv_tau]
-        self.uniform = all(bool((f == f[0]).all()) for f in flat)
+        self.uniform = collapse_uniform and all(bool((f == f[0]).all()) for f in flat)
         self.shapes = tuple(it.shape for it in inv_tau)
         if self.uniform:
             self.row = torch.cat([f[:1] for f in flat])
@@ -161,8 +162,10 @@ class _ExponentialRK2(_Scheme):
 
 SCHEMES: dict[str, _Scheme] = {c.name: c() for c in (_BogackiShampine, _ExponentialRK2)}
 
-#: below this z, φ₂ is summed as its Taylor series (the closed form loses digits to cancellation)
+#: below this z, φ₂ is summed as its Taylor series (the closed form loses digits to
+#: cancellation, about 2·eps/z relative): 0.02 in float64, 0.1 in lower precisions
 PHI2_SERIES_BELOW = 0.02
+PHI2_SERIES_BELOW_LOW_PRECISION = 0.1
 #: terms of that series: the first left out, 2·z⁷/9! of φ₂, is below 1e-17 for z < 0.02
 PHI2_SERIES_TERMS = 7
 
@@ -170,16 +173,19 @@ PHI2_SERIES_TERMS = 7
 def _phi_functions(z: Tensor, rates: _Rates
                    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
     """φ₁ = 1 − e^{−z}, φ₂ = (e^{−z} − 1 + z)/z and e^{−z} for a (B, row) tensor z ≥ 0 from one
-    expm1, each split per layer (:meth:`_Rates.split`)."""
+    expm1, each split per layer (:meth:`_Rates.split`). e^{−z} = 1 + expm1(−z) is accurate to
+    2⁻⁵³ in absolute terms (not relative ones for large z): it only multiplies a drive in
+    g(a) − g(s) = d_a − e^{−z} ⊙ d."""
     em = torch.expm1(-z)  # e^{−z} − 1, accurate for small z
     return rates.split(-em), rates.split(_phi2(z, em)), rates.split(em + 1)
 
 
 def _phi2(z: Tensor, em: Tensor | None = None) -> Tensor:
     """φ₂(z) = (e^{−z} − 1 + z)/z for z ≥ 0, given ``em`` = expm1(−z) (computed if None): the
-    Taylor series z·Σ_{k=0}^{6} (−z)^k/(k+2)! below z = 0.02 (truncation below 1e-17 relative),
-    else 1 + expm1(−z)/z (relative error about 2e-16/z from the cancellation: below 1e-14 there;
-    exact at z = ∞)."""
+    Taylor series z·Σ_{k=0}^{6} (−z)^k/(k+2)! below z = 0.02 (truncation below 1e-17 relative;
+    0.1 below float64, truncation 6e-13), else 1 + expm1(−z)/z (relative error about 2·eps/z
+    from the cancellation: below 1.2e-14 in float64 and 1.2e-6 in float32 there; exact at
+    z = ∞)."""
     if em is None:
         em = torch.expm1(-z)
     w = -z
@@ -188,7 +194,8 @@ def _phi2(z: Tensor, em: Tensor | None = None) -> Tensor:
         series.mul_(w).add_(1 / math.factorial(k + 2))
     series.mul_(z)
     closed = (em / z).add_(1)  # z = 0 gives NaN here, and the series there
-    return torch.where(z < PHI2_SERIES_BELOW, series, closed)
+    below = PHI2_SERIES_BELOW if z.dtype == torch.float64 else PHI2_SERIES_BELOW_LOW_PRECISION
+    return torch.where(z < below, series, closed)
 
 
 def _column(h: Tensor, like: Tensor) -> Tensor:
@@ -220,10 +227,10 @@ def error_norm(err: States, s: States, new: States, rtol: float, atol: float) ->
 def step_factor(err: Tensor, embedded_order: int) -> Tensor:
     """The I controller's factor clamp(safety · err^(−1/(q+1)), min, max), at most 1 after a
     rejection (err > 1) and ``MIN_FACTOR`` after a non-finite error."""
-    fac = SAFETY * err.clamp_min(1e-300).pow(-1.0 / (embedded_order + 1))
-    fac = fac.clamp(MIN_FACTOR, MAX_FACTOR)
-    fac = torch.where(err > 1, fac.clamp_max(1.0), fac)
-    return torch.where(torch.isfinite(err), fac, torch.full_like(fac, MIN_FACTOR))
+    # err > 1 gives err^(−1/(q+1)) ≤ 1 and so a factor ≤ SAFETY < 1 without a separate cap; a NaN
+    # or infinite error becomes +inf, whose factor 0 is clamped up to MIN_FACTOR
+    err = err.nan_to_num(nan=math.inf).clamp_min(1e-300)
+    return (SAFETY * err.pow(-1.0 / (embedded_order + 1))).clamp(MIN_FACTOR, MAX_FACTOR)
 
 
 def initial_step(field: BoundField, s: States, d: States, order: int, rtol: float,
@@ -254,8 +261,10 @@ def initial_step(field: BoundField, s: States, d: States, order: int, rtol: floa
 #: etd2's trial step for its first-step estimate, as a fraction of τ_min (z ≤ 0.01 for every
 #: neuron, where the error estimate grows as h²)
 TRIAL_STEP_FRACTION = 0.01
-#: the first step is at most this multiple of the trial step (100·τ_min)
+#: the first step is at most this multiple of the trial step (100·τ_min), and at least this
+#: fraction of it (1e-8·τ_min, far above the failure threshold 1e-12·τ_min)
 MAX_FIRST_GROWTH = 1e4
+MIN_FIRST_SHRINK = 1e-6
 
 
 def exponential_initial_step(field: BoundField, s: States, d: States, rtol: float, atol: float,
@@ -269,9 +278,10 @@ def exponential_initial_step(field: BoundField, s: States, d: States, rtol: floa
     φ-functions grow more slowly than that, so the model over-estimates the error. The first
     step is the one the controller would take after the trial,
 
-        h = h₀ · clamp(0.9 · err₀^(−1/2), 1, 10⁴)        (h₀ if err₀ is not finite),
+        h = h₀ · clamp(0.9 · err₀^(−1/2), 10⁻⁶, 10⁴)        (h₀ if err₀ is not finite),
 
-    whose estimated error is 0.81 of the tolerance. Unlike Hairer's heuristic
+    whose estimated error is 0.81 of the tolerance (at tight tolerances h < h₀: the model is
+    then more accurate still). Unlike Hairer's heuristic
     (:func:`initial_step`), which bounds the first step by 100 times a trial step of 1e-6 when
     the states are 0 (the usual start of a relaxation), it measures the error of the scheme that
     takes the step: with the leak integrated exactly, that error comes from the change of
@@ -285,7 +295,7 @@ def exponential_initial_step(field: BoundField, s: States, d: States, rtol: floa
     da = field.drive(a)
     err = tuple(p * (dai - e * di) for p, dai, e, di in zip(phi2, da, decay, d, strict=True))
     norm = error_norm(err, s, a, rtol, atol)
-    growth = (SAFETY * norm.clamp_min(1e-300).pow(-0.5)).clamp(1.0, MAX_FIRST_GROWTH)
+    growth = (SAFETY * norm.clamp_min(1e-300).pow(-0.5)).clamp(MIN_FIRST_SHRINK, MAX_FIRST_GROWTH)
     return h0 * torch.where(torch.isfinite(norm), growth, torch.ones_like(growth))
 
 
@@ -336,7 +346,7 @@ class _Stepper:
         ok = norm <= 1  # False for NaN
         self.s = select_samples(ok, new, self.s)
         self.d = select_samples(ok, d_new, self.d)
-        self.t = self.t + torch.where(ok, h, torch.zeros_like(h))
+        self.t = torch.where(ok, self.t + h, self.t)
         self.rejected = self.rejected + (~ok).to(self.rejected.dtype)
         frozen = h <= 0  # at t_end: keep h as it is (h·factor would shrink it to zero)
         grown = (h * step_factor(norm, self.scheme.embedded_order)).clamp_max(self.h_max)
