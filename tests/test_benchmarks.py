@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -34,6 +35,47 @@ def test_relaxation_quick_json_schema():
     fixed = {r["tau"]: r["seconds"] for r in rows if r["method"] == "fixed_point"}
     for r in rows:
         assert r["ratio"] == pytest.approx(r["seconds"] / fixed[r["tau"]], rel=1e-12), r
+
+
+def _relaxation_module():
+    spec = importlib.util.spec_from_file_location("bench_relaxation",
+                                                  ROOT / "benchmarks" / "relaxation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_relaxation_etd2_at_rtol_names_and_path_error():
+    """``etd2-rtolR`` is etd2 at rtol R, atol R/10; the path error of an adaptive row is its
+    state error at time T against the tight reference (below its atol for coarse etd2, far
+    above it for etd2-loose, whose first step is 10·τ_max), and there is none for the map."""
+    import torch
+
+    from ctep import DenseHopfield, TimeConstants, VectorField
+
+    bench = _relaxation_module()
+    cfg = bench.config_for("etd2-rtol0.3", 1e-4, 2.0, 1)
+    assert (cfg.method, cfg.rtol, cfg.atol, cfg.tol) == ("etd2", 0.3, pytest.approx(0.03), 1e-4)
+    assert bench.config_for("etd2-rtol1e-2", 1e-4, 2.0, 1).rtol == 0.01
+    assert bench.config_for("etd2-coarse", 1e-4, 2.0, 1) == bench.method_configs(
+        1e-4, 2.0, 1)["etd2-coarse"]
+    for bad in ("etd2-rtol", "etd2-rtol0", "rk45"):
+        with pytest.raises(ValueError, match="rtol must be positive|unknown method"):
+            bench.config_for(bad, 1e-4, 2.0, 1)
+    energy = DenseHopfield([20, 16, 4], "hard_sigmoid", seed=0, dtype=torch.float64)
+    tau = TimeConstants.sample(energy.state_shapes, "lognormal", 1.0, 0.5, seed=2,
+                               dtype=torch.float64)
+    bound = VectorField(energy, "squared_error", tau).bind(
+        torch.rand(8, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    tau_max = max(float(t.max()) for t in tau())
+    with torch.no_grad():
+        ref = bench.reference_path(bound, 2.0)
+        cfgs = bench.method_configs(1e-4, tau_max, 1)
+        coarse = bench.path_error(bound, cfgs["etd2-coarse"], 2.0, ref)
+        loose = bench.path_error(bound, cfgs["etd2-loose"], 2.0, ref)
+        assert 0 < coarse < cfgs["etd2-coarse"].atol
+        assert loose > 3 * coarse
+        assert math.isnan(bench.path_error(bound, cfgs["fixed_point"], 2.0, ref))
 
 
 def _mnist_root() -> pathlib.Path:
