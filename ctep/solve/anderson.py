@@ -15,6 +15,9 @@ iteration, like the map, plus B·m·n work for the m×m normal equations. λ_k =
 (reg raised to the dtype's ε if smaller) keeps them well posed when the differences are
 nearly dependent.
 
+Complex states (the complex-β phases of holomorphic EP) take the Hermitian products: the Gram
+matrix ΔFᴴΔF, the right-hand side ΔFᴴf_k and a complex γ_k, the least-squares problem in ℂⁿ.
+
 Everything is per sample and stays on the device: each sample has its own history, its own
 least-squares problem (a batched Cholesky whose failures give γ = 0 for that sample, a plain map
 step) and its own safeguard: a sample whose ‖f_k‖∞ exceeds ``restart`` times its best so far
@@ -62,17 +65,18 @@ class AndersonStep:
         self.h = self._flat_steps(h, ref)
         batch, n = ref.shape[0], sum(x[0].numel() for x in states)
         self.memory, self.reg, self.restart = memory, reg, restart
-        info = torch.finfo(ref.dtype)
+        real = ref.real.dtype if ref.is_complex() else ref.dtype  # of norms and residuals
+        info = torch.finfo(real)
         self.reg_eff = max(reg, float(info.eps))  # below ε the shift would not register
         self.tiny = info.tiny
         kw = {"dtype": ref.dtype, "device": ref.device}
         self.d_f = torch.zeros(batch, memory, n, **kw)  # ΔF rows (a ring buffer over columns)
         self.d_g = torch.zeros(batch, memory, n, **kw)
-        self.gram = torch.zeros(batch, memory, memory, **kw)  # ΔFᵀΔF, one column per insert
+        self.gram = torch.zeros(batch, memory, memory, **kw)  # ΔFᴴΔF, one column per insert
         self.valid = torch.zeros(batch, memory, dtype=torch.bool, device=ref.device)
         self.f_prev: Tensor | None = None
         self.g_prev: Tensor | None = None
-        self.best_r = torch.full((batch,), torch.inf, **kw)
+        self.best_r = torch.full((batch,), torch.inf, dtype=real, device=ref.device)
         self.best_g = torch.zeros(batch, n, **kw)
         self.column = 0
         self.idx = torch.arange(batch, device=ref.device)  # working samples' full-batch index
@@ -114,9 +118,9 @@ class AndersonStep:
             self.d_f[:, c] = f - self.f_prev
             self.d_g[:, c] = g - self.g_prev
             self.valid[:, c] = True
-            column = _rows_dot(self.d_f, self.d_f[:, c])  # the Gram matrix's row and column c
-            self.gram[:, c, :] = column
+            column = _rows_dot(self.d_f, self.d_f[:, c])  # ⟨ΔF_j, ΔF_c⟩: column c of ΔFᴴΔF
             self.gram[:, :, c] = column
+            self.gram[:, c, :] = column.conj()  # its row c (Hermitian)
             self.column = (c + 1) % self.memory
         self.f_prev, self.g_prev = f, g
         r = f.abs().amax(dim=1)
@@ -133,14 +137,14 @@ class AndersonStep:
         return self.energy.clamp(unflatten_states(nxt, self.shapes))
 
     def _coefficients(self, f: Tensor) -> Tensor:
-        """γ per sample from (ΔFᵀΔF + λI) γ = ΔFᵀ f over the valid columns; γ = 0 elsewhere
-        and wherever the Cholesky factorisation fails."""
+        """γ per sample from (ΔFᴴΔF + λI) γ = ΔFᴴ f over the valid columns (ᴴ = ᵀ for real
+        states); γ = 0 elsewhere and wherever the Cholesky factorisation fails."""
         v = self.valid
         gram = self.gram
-        rhs = _rows_dot(self.d_f, f)  # ΔFᵀ f, (B, m)
+        rhs = _rows_dot(self.d_f, f)  # ΔFᴴ f, (B, m)
         both = v.unsqueeze(2) & v.unsqueeze(1)
         gram = torch.where(both, gram, torch.zeros((), dtype=gram.dtype, device=gram.device))
-        diag = torch.diagonal(gram, dim1=1, dim2=2)
+        diag = torch.diagonal(gram, dim1=1, dim2=2).real  # ‖ΔF_j‖², real also when complex
         count = v.sum(dim=1).clamp(min=1)
         lam = (self.reg_eff * diag.sum(dim=1) / count).clamp(min=self.tiny)
         shift = torch.where(v, lam.unsqueeze(1), torch.ones_like(lam).unsqueeze(1))
@@ -153,11 +157,13 @@ class AndersonStep:
 
 
 def _rows_dot(rows: Tensor, v: Tensor) -> Tensor:
-    """out[b, j] = ⟨rows[b, j], v[b]⟩ for rows ``(B, m, n)`` and v ``(B, n)``.
+    """out[b, j] = ⟨rows[b, j], v[b]⟩ = Σ_i conj(rows[b, j, i])·v[b, i] for rows ``(B, m, n)``
+    and v ``(B, n)`` (the conjugate is a no-op for real tensors).
 
     On the CPU a broadcast product and sum is 2.5–3× faster than ``bmm`` for these skinny
     shapes (measured, torch 2.14, one thread: 75 against 215 µs at B 64, m 5, n 266); elsewhere
     ``bmm`` avoids the (B, m, n) temporary."""
+    rows = rows.conj()  # a lazy view; real tensors are returned as they are
     if rows.device.type == "cpu":
         return (rows * v.unsqueeze(1)).sum(dim=2)
     return torch.bmm(rows, v.unsqueeze(2)).squeeze(2)
