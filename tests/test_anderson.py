@@ -181,3 +181,35 @@ def test_holomorphic_ep_with_anderson_matches_the_implicit_reference():
     (ref,) = run_verification(cfg.__class__(**{**vars(cfg), "method": "fixed_point"}))["results"]
     assert rec["rel_error"] < 2e-7, rec
     assert abs(rec["rel_error"] - ref["rel_error"]) < 1e-8, (rec, ref)
+
+
+def test_a_restart_drops_the_whole_history():
+    """After a restart a sample's history is empty: its next step is the plain map step
+    G(s) from the restart point, not mixed with the secant pair that spans the abandoned
+    iterate. The other sample of the batch keeps iterating as if nothing happened."""
+    from ctep.solve.anderson import AndersonStep
+    from ctep.solve.relax import initial_states, loop_steps
+
+    field, x, y = problem(activation="tanh", tau="lognormal", tau_spread=0.5, batch=2)
+    bound = field.bind(x, y, 0.5)
+    cfg = RelaxConfig(method="anderson", dt=0.2)
+    h, _ = loop_steps(bound, cfg)
+
+    def run(jump: bool) -> tuple:
+        mixer = AndersonStep(bound.energy, h, initial_states(bound), 5, 1e-10, 100.0)
+        s = initial_states(bound)
+        with torch.no_grad():
+            for k in range(7):  # the 7th call restarts sample 0 from G(s_best)
+                if jump and k == 6:  # sample 0 jumps far off: its residual grows > 100×
+                    s = (s[0] + torch.tensor([[5.0], [0.0]], dtype=s[0].dtype), *s[1:])
+                s = mixer(s, bound.drive(s))
+            d = bound.drive(s)
+            plain = bound.energy.clamp(tuple(x + hh * dd for x, hh, dd in zip(s, h, d,
+                                                                               strict=True)))
+            return mixer(s, d), plain, mixer.restarts()
+
+    after, plain, restarts = run(jump=True)
+    steady, _, _ = run(jump=False)
+    assert restarts.tolist() == [1, 0]
+    assert max_diff(tuple(u[:1] for u in after), tuple(u[:1] for u in plain)) < 1e-15
+    assert max_diff(tuple(u[1:] for u in after), tuple(u[1:] for u in steady)) < 1e-15

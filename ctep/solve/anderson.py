@@ -78,6 +78,8 @@ class AndersonStep:
         self.g_prev: Tensor | None = None
         self.best_r = torch.full((batch,), torch.inf, dtype=real, device=ref.device)
         self.best_g = torch.zeros(batch, n, **kw)
+        # restarted at the last call: the next secant pair spans the abandoned iterate
+        self.restarted = torch.zeros(batch, dtype=torch.bool, device=ref.device)
         self.column = 0
         self.idx = torch.arange(batch, device=ref.device)  # working samples' full-batch index
         self.working_restarts = torch.zeros(batch, dtype=torch.int64, device=ref.device)
@@ -97,6 +99,7 @@ class AndersonStep:
         self.d_f, self.d_g, self.valid = self.d_f[mask], self.d_g[mask], self.valid[mask]
         self.gram = self.gram[mask]
         self.best_r, self.best_g = self.best_r[mask], self.best_g[mask]
+        self.restarted = self.restarted[mask]
         gone = ~mask
         self.finished_restarts.index_add_(0, self.idx[gone], self.working_restarts[gone])
         self.idx, self.working_restarts = self.idx[mask], self.working_restarts[mask]
@@ -117,7 +120,9 @@ class AndersonStep:
             c = self.column
             self.d_f[:, c] = f - self.f_prev
             self.d_g[:, c] = g - self.g_prev
-            self.valid[:, c] = True
+            # a sample restarted at the last call starts a new history: the pair from the
+            # abandoned iterate to G(s_best) does not enter it
+            self.valid[:, c] = ~self.restarted
             column = _rows_dot(self.d_f, self.d_f[:, c])  # ⟨ΔF_j, ΔF_c⟩: column c of ΔFᴴΔF
             self.gram[:, :, c] = column
             self.gram[:, c, :] = column.conj()  # its row c (Hermitian)
@@ -131,6 +136,7 @@ class AndersonStep:
         restart |= torch.isnan(r)
         self.working_restarts += restart
         self.valid &= ~restart.unsqueeze(1)
+        self.restarted = restart
         gamma = self._coefficients(f)
         mixed = g - _combine(gamma, self.d_g)
         nxt = torch.where(restart.unsqueeze(1), self.best_g, mixed)
