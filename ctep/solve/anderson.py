@@ -11,9 +11,9 @@ iterates instead: with the map residual f_k = G(s_k) − s_k and the columns of
     γ_k = argmin_γ ‖f_k − ΔF_k γ‖₂² + λ_k ‖γ‖₂²,    s_{k+1} = clamp(G(s_k) − ΔG_k γ_k),
 
 a secant (multisecant Broyden) step on s − G(s) = 0 that costs one field evaluation per
-iteration, like the map, plus B·m·n work for the m×m normal equations. λ_k = reg·tr(ΔFᵀΔF)/m
-(reg raised to the dtype's ε if smaller) keeps them well posed when the differences are
-nearly dependent.
+iteration, like the map, plus B·m·n work for the m×m normal equations. λ_k = reg·tr(ΔFᵀΔF)/m_k,
+the mean squared norm of the m_k ≤ m columns in use (reg raised to the dtype's ε if smaller),
+keeps them well posed when the differences are nearly dependent.
 
 Complex states (the complex-β phases of holomorphic EP) take the Hermitian products: the Gram
 matrix ΔFᴴΔF, the right-hand side ΔFᴴf_k and a complex γ_k, the least-squares problem in ℂⁿ.

@@ -48,8 +48,8 @@ class RelaxConfig:
             tol once τ is heterogeneous (SOLVER_NOTES.md §2; measured here: rtol 1e-3 stalls at
             2e-4 with gamma τ of spread 1); tighter ones cost evaluations for nothing.
         memory: ``anderson``: m, the number of past iterate differences mixed (≥ 1).
-        anderson_reg: ``anderson``: relative Tikhonov regularisation λ = reg·tr(ΔFᵀΔF)/m of
-            its least-squares problem (> 0).
+        anderson_reg: ``anderson``: relative Tikhonov regularisation λ = reg·tr(ΔFᵀΔF)/m_k of
+            its least-squares problem, m_k ≤ m the differences in use (> 0).
         anderson_restart: ``anderson``: a sample whose map residual ‖G(s) − s‖∞ exceeds this
             factor times its best so far drops its history and restarts from its best iterate.
         polish: Newton steps after the relaxation (dense per-sample Jacobian: small nets only).
