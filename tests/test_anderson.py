@@ -70,9 +70,10 @@ def test_samples_do_not_depend_on_their_batch():
         assert int(alone.steps[0]) == int(whole.steps[i])
 
 
-def test_fixed_budget_is_bit_for_bit_batch_independent():
-    """With no sample leaving the batch (check_every = 0), a sample's iterates are the same bit
-    for bit in a batch of one and in a batch of four."""
+def test_fixed_budget_is_batch_independent():
+    """With no sample leaving the batch (check_every = 0), a sample's iterates are the same to
+    rounding (not bit for bit: the energy's matrix products round differently at batch 1 and
+    4, 1e-16 apart here) in a batch of one and in a batch of four."""
     field, x, y = problem(sizes=(5, 9, 3), tau="gamma", tau_spread=0.7, batch=4)
     cfg = RelaxConfig(method="anderson", tol=0.0, dt=0.3, max_steps=40, check_every=0)
     whole = relax(field.bind(x, y, 0.2), config=cfg)
