@@ -1,6 +1,7 @@
 """Inference-only check of the HTS study (docs/hts.md): one trained network, several τ draws.
 
 Usage: python examples/hts_path_check.py RUN_FOLDER [--spreads 0 0.5 1] [--seed 0]
+       [--at-init] [--grad-samples N]   (a quick run: --spreads 0 1 --grad-samples 32)
 
 Loads the weights of a finished ``ctep train`` / ``ctep sweep`` run, casts the network to
 float64, and relaxes the run's test split with the per-neuron map (h_i = min(1, damping·dt/τ_i),
@@ -30,7 +31,7 @@ from ctep import RelaxConfig, VectorField, relax
 from ctep.estimators import get_estimator
 from ctep.reference import compare
 from ctep.solve import Status
-from ctep.train import load_checkpoint, load_config
+from ctep.train import CheckpointError, load_checkpoint, load_config
 from ctep.train.batches import load_train_data
 from ctep.train.build import build_field, build_tau
 
@@ -58,18 +59,26 @@ def main() -> None:
     parser.add_argument("--grad-samples", type=int, default=500,
                         help="training samples of the gradient check (0: skip it)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    cfg = load_config(args.run / "config.toml")
-    data = load_train_data(cfg.data, cfg.model)
-    field = build_field(cfg, data.input_shape, data.n_classes)
-    if not args.at_init:
-        field.load_state_dict(load_checkpoint(args.run / "checkpoint.pt")["model"])
+    if not args.run.is_dir():
+        parser.error(f"run folder {args.run} does not exist")
+    if args.grad_samples < 0:
+        parser.error(f"--grad-samples must be ≥ 0, got {args.grad_samples}")
+    try:
+        cfg = load_config(args.run / "config.toml")
+        if not cfg.relax.dt > 0:
+            raise ValueError(f"the run's relax.dt must be positive (per-neuron steps), got "
+                             f"{cfg.relax.dt:g}")
+        torch.set_num_threads(1)
+        data = load_train_data(cfg.data, cfg.model)
+        field = build_field(cfg, data.input_shape, data.n_classes)
+        if not args.at_init:
+            field.load_state_dict(load_checkpoint(args.run / "checkpoint.pt")["model"])
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        raise SystemExit(f"hts_path_check: {args.run}: {exc}") from exc
     energy, cost = field.energy.double(), field.cost.double()
     x, y = data.test.batch(torch.arange(len(data.test)))
     x = x.double()
     dt = cfg.relax.dt
-    if not dt > 0:
-        raise SystemExit("the run's relax.dt must be positive (per-neuron steps)")
 
     def field_for(spread: float) -> VectorField:
         tau_cfg = dataclasses.replace(cfg.tau, spread=spread, seed=args.seed, per_layer=[])
