@@ -114,11 +114,17 @@ def test_budget_spent_is_max_steps():
 
 
 @pytest.mark.parametrize("bad", [dict(memory=0), dict(anderson_reg=0.0),
-                                 dict(anderson_restart=1.0), dict(damping=1.5)])
+                                 dict(anderson_restart=1.0), dict(damping=1.5),
+                                 dict(memory=2.5), dict(memory="5"), dict(memory=True),
+                                 dict(anderson_reg="1e-3"), dict(anderson_restart=None)])
 def test_bad_settings_are_refused(bad):
+    """A ValueError that names the setting and shows the value given (a float, string, bool or
+    None memory or factor used to end in an unrelated TypeError from torch or '<')."""
     field, x, _ = problem(batch=1)
-    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[-1]):
+    key, value = next(iter(bad.items()))
+    with pytest.raises(ValueError, match=key.split("_")[-1]) as err:
         relax(field.bind(x), method="anderson", **bad)
+    assert repr(value) in str(err.value)
 
 
 def test_no_host_synchronisation_between_checks(monkeypatch):

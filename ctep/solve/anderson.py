@@ -31,6 +31,8 @@ energy with several minima it can settle in a different one than the map from th
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -53,12 +55,13 @@ class AndersonStep:
 
     def __init__(self, energy: Energy, h: tuple, states: States, memory: int,
                  reg: float, restart: float) -> None:
-        if memory < 1:
-            raise ValueError(f"anderson memory must be ≥ 1, got {memory}")
-        if not reg > 0:
-            raise ValueError(f"anderson reg must be > 0, got {reg}")
-        if not restart > 1:
-            raise ValueError(f"anderson restart must be > 1, got {restart}")
+        if not _is_int(memory) or memory < 1:
+            raise ValueError(f"anderson memory must be an integer ≥ 1, got {memory!r}")
+        if not _is_real(reg) or not reg > 0:
+            raise ValueError(f"anderson reg must be a number > 0, got {reg!r}")
+        if not _is_real(restart) or not restart > 1:
+            raise ValueError(f"anderson restart must be a number > 1, got {restart!r}")
+        memory = int(memory)
         self.energy = energy
         self.shapes = tuple(tuple(x.shape[1:]) for x in states)
         ref = states[0]
@@ -160,6 +163,16 @@ class AndersonStep:
         gamma = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
         ok = (info == 0).unsqueeze(1) & torch.isfinite(gamma)
         return torch.where(ok & v, gamma, torch.zeros((), dtype=gamma.dtype, device=gamma.device))
+
+
+def _is_int(value: object) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _rows_dot(rows: Tensor, v: Tensor) -> Tensor:
