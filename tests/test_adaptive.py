@@ -301,6 +301,28 @@ def test_coarse_etd2_still_follows_the_path(rtol):
         assert max_diff(out.states, ref) < rtol / 10, (spread, max_diff(out.states, ref))
 
 
+def test_etd2_steps_are_capped_so_coarse_tolerances_reach_the_residual(monkeypatch):
+    """etd2's steps stop growing at 40·τ_max (the leak has decayed to below rounding there).
+    Without the cap, rtol 0.5 let h grow tenfold per step and t pass the default time cap of
+    500·τ_max before the residual reached tol (measured: 69% of these samples stopped as
+    MAX_STEPS); with it, all converge. A given first step is capped too."""
+    from ctep import DenseHopfield, VectorField
+
+    energy = DenseHopfield([784, 64, 10], "hard_sigmoid", seed=0, dtype=torch.float64)
+    x = torch.rand(16, 784, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    bound = VectorField(energy, "squared_error").bind(x)
+    cfg = RelaxConfig(method="etd2", tol=1e-4, rtol=0.5, atol=0.05, max_steps=10_000)
+    eq = relax(bound, config=cfg)
+    assert bool(eq.converged.all()), eq.status
+    assert float(eq.t.max()) < 500
+    one = relax(bound, config=cfg.replace(dt=1e3, max_steps=1, check_every=0, tol=0.0))
+    assert float(one.t.max()) <= 40.0  # τ = 1: one step of at most 40
+    monkeypatch.setattr(adaptive.SCHEMES["etd2"], "max_step_factor", adaptive.MAX_STEP_FACTOR)
+    uncapped = relax(bound, config=cfg)
+    assert not bool(uncapped.converged.all())
+    assert bool((uncapped.status[~uncapped.converged] == Status.MAX_STEPS).all())
+
+
 def test_no_host_synchronisation_between_checks(monkeypatch):
     """Every host read of a tensor value (bool, item, int, float, tolist, nonzero) is counted:
     with one check at the end, 60 steps need no more reads than 6 steps."""
