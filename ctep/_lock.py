@@ -5,9 +5,10 @@ once, exactly one succeeds) holding its owner's pid, host and start time as JSON
 when the owner leaves the ``with`` block, normally or by an exception. A process killed
 outright (``kill -9``, out of memory, a power cut) leaves the file behind. Such a stale lock is
 detected and taken over when its owner ran on this host and its pid no longer exists (POSIX
-only: elsewhere the pid is not probed). A lock from another host, or whose pid has been reused
-by an unrelated process, is reported with the command to delete it, which is safe once no
-process of that owner is running.
+only: elsewhere the pid is not probed); processes that find the same stale lock take turns
+removing it (:func:`_break`), so none can remove a lock that another has taken meanwhile.
+A lock from another host, or whose pid has been reused by an unrelated process, is reported
+with the command to delete it, which is safe once no process of that owner is running.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import json
 import os
 import pathlib
 import socket
-import uuid
+import time
 from collections.abc import Iterator
+
+#: tries, and seconds between them, to take the guard under which a stale lock is removed
+_GUARD_TRIES, _GUARD_WAIT_S = 50, 0.01
 
 
 class FolderLockedError(FileExistsError):
@@ -116,20 +120,37 @@ def _dead_here(holder: dict) -> bool:
 
 
 def _break(path: pathlib.Path, stale_text: str) -> None:
-    """Remove the stale lock whose content is ``stale_text``: renamed away first (atomic, so
-    of two processes breaking it at once one does), then deleted if it is still that lock; a
-    lock created in between by a live process is put back."""
-    aside = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
+    """Remove the stale lock whose content is ``stale_text``, if it is still that lock.
+
+    Breakers take turns: each holds the guard file ``<lock>.break`` (``O_CREAT | O_EXCL``)
+    while it reads the lock again and deletes it only if the content is still
+    ``stale_text``. Nothing else removes another process's lock, and a lock's content does
+    not change while it exists (created exclusively, written once), so a breaker that read the
+    stale lock before another broke it and took the folder finds the new lock and leaves it in
+    place: the lock is never absent while a live process holds it. The guard is held for a
+    read and an unlink; a guard still there after 0.5 s (its breaker was killed in between) is
+    a :class:`FolderLockedError` naming it.
+    """
+    guard = path.with_name(f"{path.name}.break")
+    for attempt in range(_GUARD_TRIES):
+        try:
+            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if attempt + 1 < _GUARD_TRIES:
+                time.sleep(_GUARD_WAIT_S)
+    else:
+        raise FolderLockedError(
+            f"cannot clear the stale lock {path}: {guard} exists (another process is clearing "
+            f"it, or one was killed while doing so). If no process is using {path.parent}, "
+            f"delete both (rm {path} {guard}) and run again")
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    try:
-        if _read(aside) != stale_text:
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, path)  # give a live owner its lock back (never overwrites)
+        os.close(fd)
+        if _read(path) == stale_text:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     finally:
-        aside.unlink(missing_ok=True)
+        guard.unlink(missing_ok=True)
 
 
 def _message(path: pathlib.Path, what: str, holder: dict | None) -> str:

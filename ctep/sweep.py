@@ -335,7 +335,7 @@ def _check_folder(out: pathlib.Path, spec: Mapping[str, Any]) -> bool:
             raise SweepMismatchError(f"{out} holds a sweep with another base config: "
                                      f"{', '.join(differ)} differ; use another --out folder")
         return False
-    if any(p.name != LOCK_NAME for p in out.iterdir()):
+    if any(not p.name.startswith(LOCK_NAME) for p in out.iterdir()):  # lock, its guard
         raise SweepMismatchError(f"{out} exists and holds no {SPEC_NAME}: not a sweep folder")
     return True
 

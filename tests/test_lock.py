@@ -88,3 +88,56 @@ def test_breaking_a_stale_lock_gives_back_one_created_meanwhile(tmp_path):
     _break(path, fresh)  # the content read: removed
     assert not list(tmp_path.iterdir())
     _break(path, fresh)  # already gone: nothing to do
+
+
+def test_a_late_breaker_never_uncovers_a_live_lock(tmp_path, monkeypatch):
+    """Processes B and C both read the same stale lock; B breaks it and takes the folder. When C
+    then breaks the lock it read, B's lock must stay in place throughout: a process D that tries
+    to take the lock between any two file-system steps of C never gets it (with a rename-away
+    and put-back, D got in while B's lock was renamed aside, and then B and D both held it)."""
+    import pathlib
+
+    path = tmp_path / ".lock"
+    stale = _write_lock(path, _dead_pid())
+    path.unlink()  # B broke it ...
+    fresh = _write_lock(path, os.getpid())  # ... and holds the folder
+    real_open = os.open
+    intruded = []
+
+    def d_tries() -> None:
+        try:
+            fd = real_open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return
+        os.close(fd)
+        intruded.append(True)
+
+    def after(fn):
+        def step(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            d_tries()
+            return out
+        return step
+
+    for name in ("open", "rename", "replace", "link", "unlink", "remove", "close"):
+        monkeypatch.setattr(os, name, after(getattr(os, name)))
+    monkeypatch.setattr(pathlib.Path, "unlink", after(pathlib.Path.unlink))
+    monkeypatch.setattr(pathlib.Path, "read_text", after(pathlib.Path.read_text))
+    _break(path, stale)  # C, late
+    monkeypatch.undo()
+    assert not intruded
+    assert path.read_text() == fresh
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="pids are probed on POSIX only")
+def test_a_guard_left_by_a_killed_breaker_is_reported(tmp_path):
+    """A breaker killed between taking the guard and releasing it leaves ``.lock.break``: the
+    stale lock is then not removed, and the error names both files and how to clear them."""
+    path = tmp_path / ".lock"
+    stale = _write_lock(path, _dead_pid())
+    (tmp_path / ".lock.break").write_text("")
+    with pytest.raises(FolderLockedError) as err, folder_lock(tmp_path, ".lock", "job"):
+        pass
+    assert f"rm {path} {tmp_path / '.lock.break'}" in str(err.value)
+    assert path.read_text() == stale
