@@ -220,3 +220,28 @@ def test_a_restart_drops_the_whole_history():
     assert restarts.tolist() == [1, 0]
     assert max_diff(tuple(u[:1] for u in after), tuple(u[:1] for u in plain)) < 1e-15
     assert max_diff(tuple(u[1:] for u in after), tuple(u[1:] for u in steady)) < 1e-15
+
+
+def test_restart_counts_follow_each_sample_out_of_the_batch():
+    """``restarts()`` reports per sample of the full batch: counts of samples that have left
+    the working batch (``keep``) are kept, those still working keep counting."""
+    from ctep.solve.anderson import AndersonStep
+    from ctep.solve.relax import initial_states, loop_steps
+
+    field, x, y = problem(activation="tanh", batch=3)
+    bound = field.bind(x, y, 0.5)
+    h, _ = loop_steps(bound, RelaxConfig(method="anderson"))
+    s = initial_states(bound)
+    mixer = AndersonStep(bound.energy, h, s, 3, 1e-10, 100.0)
+    working = torch.arange(3)
+    with torch.no_grad():
+        for k in range(12):
+            if k in (4, 9):  # the working batch's sample 1 jumps: it restarts
+                s = (s[0] + torch.tensor([[0.0], [5.0], [0.0]][:len(working)],
+                                         dtype=s[0].dtype), *s[1:])
+            if k == 6:  # full-batch sample 0 leaves
+                keep = torch.tensor([False, True, True])
+                mixer.keep(keep)
+                working, s = working[keep], tuple(u[keep] for u in s)
+            s = mixer(s, field.bind(x[working], y[working], 0.5).drive(s))
+    assert mixer.restarts().tolist() == [0, 1, 1]
