@@ -10,8 +10,9 @@
 * **time grid** (``times`` given): the states at exactly those times, integrated from t = 0 with
   no sample stopping early. torchdiffeq methods call ``odeint(f, s0, times)`` over the whole
   batch (one shared step size; the fixed-grid methods interpolate linearly between their own
-  steps); the loop methods (``fixed_point``, ``exp_euler``) run with tolerance 0 up to the last
-  time and keep the iterates at those times, which must be whole multiples of the step; the
+  steps); the loop methods (``fixed_point``, ``anderson``, ``exp_euler``) run with tolerance 0 up
+  to the last time and keep the iterates at those times, which must be whole multiples of the
+  step (for ``fixed_point`` and ``anderson`` without ``dt``, times count iterations); the
   per-sample adaptive methods (``rk23``, ``etd2``) integrate every sample with its own step
   sizes from one grid time to the next (:func:`ctep.solve.adaptive.integrate_adaptive`). They
   have no common check times, so they can only record on a grid.
