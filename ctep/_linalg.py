@@ -134,8 +134,9 @@ def _spectrum_ok(a: Tensor, vals: Tensor) -> bool:
     eigenvalues are traces, Σλ = tr a and Σλ² = tr a² (for a Schur form T of a + e,
     Σ T_ii² = tr T²), which cost O(n²); so
     |Σλ̂ − tr a| = |tr e| ≤ √n·δ and |Σλ̂² − tr a²| = |2 tr(a e) + tr e²| ≤ 2‖a‖_F·δ + δ².
-    Both bounds hold whatever the conditioning of the individual eigenvalues; they are
-    widened by √n for the rounding of the sums. A matrix with non-finite entries is not
+    Both bounds hold whatever the conditioning of the individual eigenvalues; for the
+    rounding of the sums the test allows n·δ (the first widened by √n) and n·δ·(2‖a‖_F + δ)
+    (the second widened by n). A matrix with non-finite entries is not
     checked; finite entries with a non-finite eigenvalue fail.
     """
     if vals.shape[-1] == 0:
