@@ -9,7 +9,7 @@ yet every eigenvalue of the flow's Jacobian has a negative real part), runs the 
 ±β and applies Adam to the centered EP gradient. The run fails (exit status 1) unless the loss
 ends at least 10 times lower than it started.
 
-Run: python examples/fhn_fit.py [--steps N]   (N Adam steps, default 60; 20 is a quick run)
+Run: python examples/fhn_fit.py [--steps N]   (N Adam steps, default 60; 15 is a quick run)
 """
 
 import argparse
@@ -33,7 +33,7 @@ def network(seed: int, coupling: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60,
-                        help="Adam steps of the fit (default 60; 20 already lowers the loss "
+                        help="Adam steps of the fit (default 60; 15 already lowers the loss "
                              "more than 10 times)")
     args = parser.parse_args()
     if args.steps < 1:
