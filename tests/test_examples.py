@@ -8,6 +8,7 @@ empty folder."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import math
@@ -401,8 +402,6 @@ def test_hts_study_script_parses_and_names_valid_configs_grids_and_folders(tmp_p
     assert report == ["examples/hts_report.py", out, "--figures", "docs/figures", "--table",
                       f"{out}/table.md"]
     assert (REPO / report[0]).is_file()
-
-    import argparse
 
     parser = argparse.ArgumentParser()
     add_sweep_arguments(parser)
