@@ -29,6 +29,10 @@ REGIMES = (("budget", "(a) fixed budget"), ("tol", "(b) to tolerance"))
 MARGIN = 0.10
 
 
+#: the grid axes (results.nc dimensions) every sweep of the study has
+SWEPT = ("tau_spread", "optimizer_lr", "seed")
+
+
 def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
     """The results of every sweep folder under ``out``; folders ``<dataset>_<regime>_more_lr*``
     (the same sweep at other learning rates) are joined to ``<dataset>_<regime>`` along lr.
@@ -36,9 +40,11 @@ def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
     found = {}
     for ds, _ in DATASETS:
         for regime, _ in REGIMES:
-            paths = [out / f"{ds}_{regime}" / "results.nc",
-                     *sorted(out.glob(f"{ds}_{regime}_more_lr*/results.nc"))]
-            parts = [xr.load_dataset(p) for p in paths if p.exists()]
+            paths = [p for p in (out / f"{ds}_{regime}" / "results.nc",
+                                 *sorted(out.glob(f"{ds}_{regime}_more_lr*/results.nc")))
+                     if p.exists()]
+            parts = [read_sweep(p) for p in paths]
+            check_joinable(paths, parts)
             if parts:
                 found[(ds, regime)] = xr.concat(parts, dim="optimizer_lr",
                                                 combine_attrs="drop_conflicts"
@@ -46,6 +52,60 @@ def load(out: pathlib.Path) -> dict[tuple[str, str], xr.Dataset]:
     if not found:
         raise SystemExit(f"no results.nc under {out}/<dataset>_<regime>/")
     return found
+
+
+def read_sweep(path: pathlib.Path) -> xr.Dataset:
+    """One sweep's results.nc, refused (naming its folder) unless it was swept over τ spread,
+    learning rate and seed and records its base config."""
+    ds = xr.load_dataset(path)
+    missing = [d for d in SWEPT if d not in ds.dims]
+    if missing:
+        raise SystemExit(f"{path.parent}: not swept over {', '.join(missing)} (the study grids "
+                         "tau.spread, optimizer.lr and seed)")
+    if "base_config" not in ds.attrs:
+        raise SystemExit(f"{path}: no base_config attribute (not written by ctep sweep?)")
+    return ds
+
+
+def _fixed_settings(ds: xr.Dataset) -> dict:
+    """The sweep's base config without the keys its grid sets (their base values are unused)."""
+    cfg = json.loads(ds.attrs["base_config"])
+    seed_keys = [k.strip() for k in ds.attrs.get("seed_keys", "").split(",") if k.strip()]
+    for key, _ in json.loads(ds.attrs["grid"]):
+        for name in (seed_keys if key == "seed" else [key]):
+            section, _, field = name.partition(".")
+            cfg.get(section, {}).pop(field, None)
+    return cfg
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        u, v = a.get(k), b.get(k)
+        if isinstance(u, dict) and isinstance(v, dict):
+            out += _differences(u, v, f"{prefix}{k}.")
+        elif u != v:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def check_joinable(paths: list[pathlib.Path], parts: list[xr.Dataset]) -> None:
+    """Sweeps joined along lr must share every setting but the gridded ones, and no learning
+    rate may be in two of them; otherwise exit naming the folders."""
+    seen: dict[float, pathlib.Path] = {}
+    for path, ds in zip(paths, parts, strict=True):
+        diff = _differences(_fixed_settings(parts[0]), _fixed_settings(ds))
+        if diff:
+            raise SystemExit(f"{path.parent} was swept from another base config than "
+                             f"{paths[0].parent} (differs in {', '.join(diff)}); only the "
+                             "learning rates may differ between sweeps joined along lr")
+        for lr in ds["optimizer_lr"].values:
+            if float(lr) in seen:
+                raise SystemExit(f"learning rate {float(lr):g} is in both "
+                                 f"{seen[float(lr)].parent} and {path.parent}")
+            seen[float(lr)] = path
 
 
 def regime_label(ds: xr.Dataset, regime: str) -> str:

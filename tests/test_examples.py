@@ -368,6 +368,40 @@ def test_hts_report_names_the_missing_sweeps(tmp_path):
         module["load"](tmp_path)
 
 
+def test_hts_report_refuses_sweeps_it_cannot_read_or_join(tmp_path):
+    """Sweeps without a seed axis, joined sweeps from different base configs and a learning
+    rate in two joined sweeps are errors naming the folders (they were a KeyError or a
+    ValueError from deep inside xarray). Joined sweeps may differ in the gridded keys' base
+    values, which the grid overrides."""
+    load = runpy.run_path(str(EXAMPLES / "hts_report.py"))["load"]
+    budget = write_config(tmp_path / "cfg" / "budget.toml")
+    shorter = write_config(tmp_path / "cfg" / "shorter.toml", "relax.free_steps=8")
+    other_lr = write_config(tmp_path / "cfg" / "other_lr.toml", "optimizer.lr=0.7",
+                            "model.seed=3", "tau.spread=0.5")
+
+    no_seed = tmp_path / "no_seed"
+    assert ctep_main(["sweep", "--config", str(budget), "--grid", "tau.spread=[0.0]", "--grid",
+                      "optimizer.lr=[0.1]", "--out", str(no_seed / "mnist_tol")]) == 0
+    with pytest.raises(SystemExit, match=r"mnist_tol: not swept over seed"):
+        load(no_seed)
+
+    joined = tmp_path / "joined"
+    sweep(budget, joined / "fmnist_budget", "[0.0]", "[0.1]", "[0]")
+    sweep(other_lr, joined / "fmnist_budget_more_lr", "[0.0]", "[0.3]", "[0]")
+    assert list(load(joined)["fmnist", "budget"]["optimizer_lr"].values) == [0.1, 0.3]
+    sweep(shorter, joined / "fmnist_budget_more_lr2", "[0.0]", "[0.5]", "[0]")
+    with pytest.raises(SystemExit, match=r"fmnist_budget_more_lr2 was swept from another base "
+                                         r"config than .*fmnist_budget\b.*relax.free_steps"):
+        load(joined)
+
+    twice = tmp_path / "twice"
+    sweep(budget, twice / "mnist_budget", "[0.0]", "[0.1]", "[0]")
+    sweep(budget, twice / "mnist_budget_more_lr", "[0.0]", "[0.1]", "[0]")
+    with pytest.raises(SystemExit, match=r"learning rate 0.1 is in both .*mnist_budget and "
+                                         r".*mnist_budget_more_lr"):
+        load(twice)
+
+
 # ----------------------------------------------------------------------------- hts_study.sh
 
 
