@@ -64,7 +64,7 @@ from .solve.relax import per_neuron_steps
 from .train import TrainConfig, Trainer, TrainingDiverged
 from .train.batches import load_train_data
 from .train.checkpoint import CHECKPOINT_NAME
-from .train.config import SECTIONS
+from .train.config import SECTIONS, with_added_keys
 
 SWEEP_FORMAT = 1
 SPEC_NAME = "sweep.json"
@@ -330,7 +330,9 @@ def _check_folder(out: pathlib.Path, spec: Mapping[str, Any]) -> bool:
             raise SweepMismatchError(
                 f"{out} holds a sweep over another grid ({_grid_text(old.get('grid', []))}; "
                 f"asked for {_grid_text(spec['grid'])}); use another --out folder")
-        differ = _differences(old.get("base", {}), spec["base"])
+        # a sweep written before a config key existed ran with that key's ADDED_KEYS value;
+        # one written before a key became cosmetic still holds it
+        differ = _differences(_comparable(with_added_keys(old.get("base", {}))), spec["base"])
         if differ:
             raise SweepMismatchError(f"{out} holds a sweep with another base config: "
                                      f"{', '.join(differ)} differ; use another --out folder")
@@ -344,7 +346,7 @@ def _comparable(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {s: dict(v) for s, v in raw.items()}
     for dotted in COSMETIC_KEYS:
         section, name = dotted.split(".")
-        out[section].pop(name, None)
+        out.get(section, {}).pop(name, None)
     return json.loads(json.dumps(out, allow_nan=True))
 
 

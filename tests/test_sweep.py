@@ -290,3 +290,20 @@ def test_sweep_cli(tmp_path, capsys, monkeypatch):
            str(out)]
     assert ctep_main(bad) == 2
     assert "another grid" in capsys.readouterr().err
+
+
+def test_a_sweep_written_by_an_older_ctep_resumes(tmp_path):
+    """``relax.memory`` joined the config after sweeps had been written (runs/hts/*), and
+    ``train.checkpoint_every`` became cosmetic after they had stored it: such a sweep.json is
+    the same sweep (the new key's default reproduces those runs), not 'another base config'."""
+    out = tmp_path / "s"
+    grid = parse_grid(["optimizer.lr=[0.1, 0.3]"])
+    run_sweep(base("train.epochs=1"), grid, out, max_runs=1)
+    spec = json.loads((out / "sweep.json").read_text())
+    del spec["base"]["relax"]["memory"]
+    spec["base"]["train"]["checkpoint_every"] = 0
+    (out / "sweep.json").write_text(json.dumps(spec))
+    report = run_sweep(base("train.epochs=1"), grid, out)
+    assert (report.skipped, report.started) == (1, 1)
+    with pytest.raises(SweepMismatchError, match=r"relax.memory \(5 then, 3 now\)"):
+        run_sweep(base("train.epochs=1", "relax.memory=3"), grid, out)

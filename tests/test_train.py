@@ -27,7 +27,7 @@ from ctep.train.build import (
     lr_factor,
     relax_configs,
 )
-from ctep.train.config import TrainConfig, apply_override
+from ctep.train.config import ADDED_KEYS, TrainConfig, apply_override
 from ctep.train.metrics import COLUMNS, read_metrics_csv
 
 SYNTHETIC = [
@@ -233,6 +233,27 @@ def test_existing_run_needs_resume_and_the_same_config(tmp_path):
     more = Trainer(synthetic("train.epochs=2"), out, resume=True)  # extending is allowed
     assert len(more.run()) == 2
     assert load_config(out / "config.toml").train.epochs == 2  # the folder's config follows
+
+
+def test_a_checkpoint_written_before_relax_memory_existed_resumes(tmp_path):
+    """A checkpoint whose config has no ``relax.memory`` (written before the key existed) is
+    the same config as today's with its default; a different memory is still refused."""
+    out = tmp_path / "run"
+    Trainer(synthetic("train.epochs=1"), out).run()
+    state = load_checkpoint(out / "checkpoint.pt")
+    del state["config"]["relax"]["memory"]
+    torch.save(state, out / "checkpoint.pt")
+    assert len(Trainer(synthetic("train.epochs=2"), out, resume=True).run()) == 2
+    with pytest.raises(CheckpointError, match=r"\['relax'\] differ"):
+        Trainer(synthetic("train.epochs=3", "relax.memory=3"), out, resume=True)
+
+
+def test_added_keys_carry_their_defaults():
+    """Each key that a saved config may lack is read with today's default."""
+    defaults = TrainConfig().to_dict()
+    for dotted, value in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        assert defaults[section][key] == value, dotted
 
 
 def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):

@@ -22,6 +22,7 @@ errors (a typo must not silently fall back to a default)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import pathlib
@@ -331,6 +332,23 @@ class TrainConfig:
 DTYPE_NAMES = ("float32", "float64", "bfloat16")
 #: what a heterogeneous τ draw keeps equal to the homogeneous baseline (see TauConfig)
 TAU_NORMALIZATIONS = ("tau", "rate")
+
+#: keys added to the config after runs had been saved, each with the value that reproduces a
+#: run saved without it (the behaviour before the key existed): ``model.options`` (none),
+#: ``tau.normalize`` (τ's mean kept), ``relax.memory`` (used by ``anderson`` only)
+ADDED_KEYS: dict[str, Any] = {"model.options": {}, "tau.normalize": "tau", "relax.memory": 5}
+
+
+def with_added_keys(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (sections of key → value, as :meth:`TrainConfig.to_dict` wrote it) with
+    each key of :data:`ADDED_KEYS` that it lacks set to that key's value, so that a run saved
+    before the key existed compares equal to the same config today (resume, sweep folders)."""
+    out = {name: dict(v) if isinstance(v, Mapping) else v for name, v in saved.items()}
+    for dotted, value in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section][key] = copy.deepcopy(value)
+    return out
 
 
 def load_config(path: str | pathlib.Path | None = None,

@@ -33,7 +33,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, with_added_keys
 from .distributed import DistContext
 from .metrics import write_metrics
 
@@ -285,7 +285,7 @@ class Trainer:
         self.dist.barrier()
 
     def _restore(self, state: dict[str, Any]) -> None:
-        saved = state["config"]
+        saved = with_added_keys(state["config"])  # saved before a key existed: its default
         mine = self.cfg.to_dict()
         differ = sorted(k for k in mine if k != "train" and saved.get(k) != mine[k])
         differ += sorted(f"train.{k}" for k, v in mine["train"].items()
