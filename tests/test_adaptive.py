@@ -20,6 +20,7 @@ from ctep.solve.adaptive import (
     exponential_initial_step,
     initial_step,
     integrate_adaptive,
+    predictive_factor,
     step_factor,
 )
 
@@ -183,6 +184,38 @@ def test_controller_factor():
     assert ((fac >= MIN_FACTOR) & (fac <= MAX_FACTOR)).all()
 
 
+def test_predictive_controller_factor():
+    """Gustafsson's factor safety·(h/h_prev)·err^(−1/k)·(err_prev/err)^(1/k), clamped."""
+    f64 = dict(dtype=torch.float64)
+    err = torch.tensor([0.25, 0.5, 0.0, 0.9, 0.5], **f64)
+    err_prev = torch.tensor([0.5, 0.5, 0.5, 0.1, math.nan], **f64)
+    h = torch.tensor([2.0, 1.0, 1.0, 1.0, 1.0], **f64)
+    h_prev = torch.tensor([1.0, 1.0, 1.0, 4.0, 1.0], **f64)
+    fac = predictive_factor(err, err_prev, h, h_prev, embedded_order=1)
+    assert math.isclose(float(fac[0]), 0.9 * 2 * 0.25 ** -0.5 * 2 ** 0.5, rel_tol=1e-14)
+    assert math.isclose(float(fac[1]), 0.9 * 0.5 ** -0.5, rel_tol=1e-14)  # = the I factor
+    assert float(fac[2]) == MAX_FACTOR and float(fac[3]) == MIN_FACTOR
+    assert float(fac[4]) == MIN_FACTOR
+
+
+def test_etd2_predictive_controller_saves_steps(monkeypatch):
+    """On a relaxation the error per step falls as the path settles: the predictive controller
+    follows that and needs fewer evaluations than the I controller (measured 21.3 against 24.3
+    and 18 against 19.3 at rtol 0.1 and 0.3 with constant τ), with every sample converged."""
+    field, x, _ = problem(activation="tanh", batch=8)
+    bound = field.bind(x)
+    nfe = {}
+    for predictive in (True, False):
+        monkeypatch.setattr(adaptive.SCHEMES["etd2"], "predictive", predictive)
+        for rtol in (0.1, 0.3):
+            eq = relax(bound, method="etd2", tol=1e-4, rtol=rtol, atol=rtol / 10)
+            assert bool(eq.converged.all())
+            nfe[predictive, rtol] = float(eq.nfe.double().mean())
+    for rtol in (0.1, 0.3):
+        assert nfe[True, rtol] < nfe[False, rtol], nfe
+    assert adaptive.SCHEMES["rk23"].predictive is False  # rk23 keeps the I controller
+
+
 def test_phi_functions_are_accurate_on_every_branch():
     """φ₂ on both sides of the series threshold (0.02) and at its ends, to 1e-13 relative
     against 50-digit decimals; φ₁ from the same expm1 to 1e-15 relative, e^{−z} to 2⁻⁵³
@@ -287,7 +320,8 @@ def test_etd2_first_step_edge_cases():
 def test_coarse_etd2_still_follows_the_path(rtol):
     """Error control at coarse tolerances (atol = rtol/10) still follows the continuous
     trajectory: at t = 2 the states are within atol of a tight dopri5 solve (measured:
-    0.37-0.57·atol with constant and log-normal τ), with the first step of its own estimate."""
+    0.40-0.75·atol with constant and log-normal τ), with the first step of its own estimate and
+    the predictive controller."""
     for spread in (0.0, 1.0):
         tau = "lognormal" if spread else "constant"
         field, x, _ = problem(activation="tanh", tau=tau, tau_spread=spread)

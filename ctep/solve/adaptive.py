@@ -11,7 +11,9 @@ elementary (I) controller
 
     h_b ← h_b · clamp(safety · err_b^(−1/(q+1)), min_factor, max_factor)      (q: embedded order)
 
-(the factor is at most 1 after a rejection, and ``min_factor`` after a non-finite error). Nothing
+(the factor is at most 1 after a rejection, and ``min_factor`` after a non-finite error); etd2
+uses Gustafsson's predictive controller (:func:`predictive_factor`) after two accepted steps in
+a row, and the I controller otherwise. Nothing
 in a step reads a tensor value on the host: the residual ‖drive‖∞ is checked, and finished
 samples leave the working batch, only every ``check_every`` steps, so a sample's trajectory does
 not depend on the other samples in its batch (unlike torchdiffeq's one step size per batch:
@@ -114,6 +116,7 @@ class _Scheme:
     evals_per_step: int
     embedded_order: int  # q: the error estimate is O(h^(q+1))
     max_step_factor = MAX_STEP_FACTOR  # h ≤ max_step_factor · τ_max
+    predictive = False  # Gustafsson's predictive controller (else the I controller)
 
     def step(self, field: BoundField, s: States, d: States, h: Tensor, rates: _Rates
              ) -> tuple[States, States, States]:  # pragma: no cover - abstract
@@ -156,6 +159,7 @@ class _ExponentialRK2(_Scheme):
     evals_per_step = 2
     embedded_order = 1
     max_step_factor = EXPONENTIAL_MAX_STEP_FACTOR
+    predictive = True
 
     def step(self, field: BoundField, s: States, d: States, h: Tensor, rates: _Rates
              ) -> tuple[States, States, States]:
@@ -249,6 +253,25 @@ def step_factor(err: Tensor, embedded_order: int) -> Tensor:
     # or infinite error becomes +inf, whose factor 0 is clamped up to MIN_FACTOR
     err = err.nan_to_num(nan=math.inf).clamp_min(1e-300)
     return (SAFETY * err.pow(-1.0 / (embedded_order + 1))).clamp(MIN_FACTOR, MAX_FACTOR)
+
+
+def predictive_factor(err: Tensor, err_prev: Tensor, h: Tensor, h_prev: Tensor,
+                      embedded_order: int) -> Tensor:
+    """Gustafsson's predictive controller (Hairer & Wanner, Solving ODEs II, IV.8, (8.21)),
+    after an accepted step n that followed an accepted step n − 1, with k = q + 1:
+
+        h_{n+1} = h_n · clamp(safety · (h_n/h_{n−1}) · err_n^(−1/k) · (err_{n−1}/err_n)^(1/k),
+                              min_factor, max_factor).
+
+    It extrapolates how the error changes from step to step; the I controller
+    (:func:`step_factor`) assumes it stays as it was. On a relaxation the error per step falls
+    as the trajectory settles, so the I controller's steps lag behind what the tolerance allows
+    (measured on etd2-coarse: every step accepted with err 0.3-0.6, factor 1.2-2).
+    """
+    k = embedded_order + 1
+    err = err.clamp_min(1e-300)
+    fac = SAFETY * (h / h_prev) * err.pow(-1.0 / k) * (err_prev / err).pow(1.0 / k)
+    return fac.nan_to_num(nan=MIN_FACTOR).clamp(MIN_FACTOR, MAX_FACTOR)
 
 
 def initial_step(field: BoundField, s: States, d: States, order: int, rtol: float,
@@ -355,6 +378,9 @@ class _Stepper:
             self.h = torch.full_like(self.t, h0)
         self.h = self.h.clamp_max(self.h_max)  # the first step too (given or estimated)
         self.rejected = torch.zeros(batch, dtype=torch.int64, device=s[0].device)
+        # error and size of each sample's last accepted step (NaN: none yet)
+        self.err_prev = torch.full_like(self.t, math.nan)
+        self.h_prev = torch.full_like(self.t, math.nan)
 
     def step(self, t_end: Tensor | float) -> None:
         """One attempted step of every working sample, clipped so that no t passes ``t_end``."""
@@ -368,7 +394,15 @@ class _Stepper:
         self.t = torch.where(ok, self.t + h, self.t)
         self.rejected = self.rejected + (~ok).to(self.rejected.dtype)
         frozen = h <= 0  # at t_end: keep h as it is (h·factor would shrink it to zero)
-        grown = (h * step_factor(norm, self.scheme.embedded_order)).clamp_max(self.h_max)
+        q = self.scheme.embedded_order
+        factor = step_factor(norm, q)
+        if self.scheme.predictive:  # after two accepted steps in a row; else the I controller
+            follows = ok & torch.isfinite(self.err_prev)
+            factor = torch.where(follows, predictive_factor(norm, self.err_prev, h, self.h_prev, q),
+                                 factor)
+            self.err_prev = torch.where(ok, norm, self.err_prev)
+            self.h_prev = torch.where(ok, h, self.h_prev)
+        grown = (h * factor).clamp_max(self.h_max)
         self.h = torch.where(frozen, self.h, grown)
 
     def keep(self, mask: Tensor, field: BoundField) -> None:
@@ -376,6 +410,7 @@ class _Stepper:
         self.s = tuple(x[mask] for x in self.s)
         self.d = tuple(x[mask] for x in self.d)
         self.t, self.h, self.rejected = self.t[mask], self.h[mask], self.rejected[mask]
+        self.err_prev, self.h_prev = self.err_prev[mask], self.h_prev[mask]
         self.field = field
 
 
