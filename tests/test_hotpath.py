@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -69,3 +70,79 @@ def test_cost_targets_are_memoised_and_still_checked(monkeypatch):
             assert torch.equal(cost.float_targets(yb, 4, o32), _targets_as_float(yb, 4, o32))
             assert len(cost._target_memo) == 1
             assert all(hit[0][0] is yb for hit in cost._target_memo.values())
+
+
+@pytest.mark.parametrize("name", ["dense", "conv", "dendritic"])
+@pytest.mark.parametrize("method", ["fixed_point", "anderson", "rk23", "dopri5"])
+def test_leaving_samples_reuse_the_input_term(monkeypatch, name, method):
+    """Samples stop at different checks; the smaller working batches get the rows of the full
+    batch's memoised input term instead of a recomputation (one per input coupling per
+    relaxation), and the equilibria equal those of a relaxation that recomputes it."""
+    from ctep import VectorField, relax
+    from ctep.energies import _memo
+    from ctep.models import small_instance
+    from ctep.timeconstants import TimeConstants
+
+    energy, shape = small_instance(name)
+    module = importlib.import_module(type(energy).__module__)
+    tau = TimeConstants.sample(energy.state_shapes, "lognormal", 1.0, 1.0, seed=3,
+                               dtype=torch.float64)
+    field = VectorField(energy, tau=tau)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, *shape, generator=gen, dtype=torch.float64)
+    # samples 0-3 start at their equilibrium and stop at the first check, 4-7 start at zero
+    start = relax(field.bind(x), method="fixed_point", tol=1e-12, max_steps=20_000).states
+    zero = energy.init_states(8, dtype=torch.float64)
+    s0 = tuple(torch.cat([a[:4], z[4:]]) for a, z in zip(start, zero, strict=True))
+    energy.__dict__[_memo.MEMO_ATTRIBUTE].clear()
+    computed = {"n": 0}
+    original = module.memoised
+
+    def counting(memo, key, tensors, compute):
+        def counted():
+            computed["n"] += 1
+            return compute()
+        return original(memo, key, tensors, counted)
+
+    monkeypatch.setattr(module, "memoised", counting)
+    eq = relax(field.bind(x), s0, method=method, tol=1e-8, max_steps=20_000, check_every=1)
+    assert bool(eq.converged.all())
+    assert len(set(eq.t.tolist())) > 1  # samples left the batch before the end
+    keys = len(energy.__dict__[_memo.MEMO_ATTRIBUTE])
+    assert computed["n"] == keys, computed
+    # against recomputing for every working batch
+    relax_module = importlib.import_module("ctep.solve.relax")  # ctep.solve.relax is relax()
+    monkeypatch.setattr(relax_module, "restrict_input_memo", lambda *a: None)
+    energy.__dict__[_memo.MEMO_ATTRIBUTE].clear()
+    computed["n"] = 0
+    again = relax(field.bind(x), s0, method=method, tol=1e-8, max_steps=20_000, check_every=1)
+    assert computed["n"] > keys
+    assert max(float((a - b).abs().max())
+               for a, b in zip(eq.states, again.states, strict=True)) < 1e-7
+
+
+def test_restricted_memo_follows_in_place_changes():
+    """A weight changed in place after the full batch's term was computed is not cut from the
+    stale term: the restriction is skipped and the next lookup recomputes."""
+    from ctep.energies._memo import MEMO_ATTRIBUTE, restrict_input_memo
+    from ctep.models import small_instance
+
+    energy, shape = small_instance("dense")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(5, *shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        full = energy.input_drive(x)
+        rows = torch.tensor([0, 3])
+        sub = x[rows]
+        restrict_input_memo(energy, x, sub, rows)
+        assert torch.equal(energy.input_drive(sub), full[rows])
+        smaller = sub[torch.tensor([1])]
+        restrict_input_memo(energy, x, smaller, torch.tensor([3]))  # cut from the root again
+        assert torch.equal(energy.input_drive(smaller), full[3:4])
+        energy.weights[0].mul_(2.0)
+        other = x[torch.tensor([1])]
+        restrict_input_memo(energy, x, other, torch.tensor([1]))
+        fresh = energy.input_drive(other)
+        assert torch.allclose(fresh, torch.addmm(energy.biases[0], other, energy.weights[0].T))
+        assert not torch.allclose(fresh, full[1:2])
+        assert len(energy.__dict__[MEMO_ATTRIBUTE]) == 1

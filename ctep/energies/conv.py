@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation, get_activation
-from ._memo import memoised
+from ._memo import MEMO_ATTRIBUTE, memoised
 from .layered import LayeredEnergy
 
 POOLS = ("max", "avg", "none")
@@ -359,7 +359,7 @@ class CouplingEnergy(LayeredEnergy):
         """
         if torch.is_grad_enabled() or x.is_complex():
             return c.apply(x)
-        memo = self.__dict__.setdefault("_input_memo", {})
+        memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
         return memoised(memo, k, (x, c.weight), lambda: c.apply(x))
 
     def active_set_margin(self, x: Tensor, states: States) -> Tensor:

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation
-from ._memo import memoised
+from ._memo import MEMO_ATTRIBUTE, memoised
 from .conv import _clip_codes, _margin, layer_activations
 from .layered import LayeredEnergy
 
@@ -216,7 +216,7 @@ class DendriticHopfield(LayeredEnergy):
         """
         if torch.is_grad_enabled() or x.is_complex():
             return self.basal(0, x)
-        memo = self.__dict__.setdefault("_input_memo", {})
+        memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
         return memoised(memo, 0, (x, self.weights[0], self.branch_biases[0], self.mask(0)),
                         lambda: self.basal(0, x))
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation, get_activation
-from ._memo import memoised
+from ._memo import MEMO_ATTRIBUTE, memoised
 from .layered import LayeredEnergy
 
 
@@ -97,7 +97,7 @@ class DenseHopfield(LayeredEnergy):
         w, b = self.weights[0], self.biases[0]
         if torch.is_grad_enabled() or x.is_complex():
             return torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype))
-        memo = self.__dict__.setdefault("_input_memo", {})
+        memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
         return memoised(memo, 0, (x, w, b), lambda: torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype)))
 
     def check_input(self, x: Tensor) -> None:

@@ -24,6 +24,7 @@ from .._states import (
     unflatten_states,
 )
 from ..dynamics import BoundField
+from ..energies._memo import restrict_input_memo
 from .anderson import AndersonStep
 from .config import ADAPTIVE_METHODS, LOOP_METHODS, MAP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
@@ -180,11 +181,14 @@ def _finish(book: _Book, idx: Tensor, states: States, r: Tensor, tol: float, lim
 
 
 def _sub_field(field: BoundField, idx: Tensor, full_batch: int) -> BoundField:
-    """The same field restricted to samples ``idx`` (no input re-checks)."""
+    """The same field restricted to samples ``idx`` (no input re-checks); the energy's memoised
+    input terms of the full batch are cut to those rows rather than recomputed."""
     if idx.numel() == full_batch:
         return field
     y = None if field.y is None else field.y[idx]
-    return BoundField(field.field, field.x[idx], y, field.beta)
+    x = field.x[idx]
+    restrict_input_memo(field.energy, field.x, x, idx)
+    return BoundField(field.field, x, y, field.beta)
 
 
 def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
