@@ -14,7 +14,13 @@ rounds and the ratio column divides by the fixed-point map's median from the sam
     python benchmarks/relaxation.py --methods fixed_point,etd2-coarse,etd2-rtol0.3 \\
         --path-error 2                                     # + error of the path at t = 2
 
-``etd2-rtolR`` is error-controlled ``etd2`` at rtol R and atol R/10 (any R > 0).
+``etd2-rtolR`` is error-controlled ``etd2`` at rtol R and atol R/10 (any R > 0);
+``fixed_point-dtD`` and ``anderson-dtD`` are the map and its Anderson acceleration with
+per-neuron steps h_i = min(1, D/τ_i). ``--beta B`` relaxes nudged phases (random targets) instead
+of free ones:
+
+    python benchmarks/relaxation.py --tol 1e-8 --beta 0.5 \
+        --methods fixed_point,anderson,fixed_point-dt0.1,anderson-dt0.1   # anderson vs the map
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def method_configs(tol: float, tau_max: float, check_every: int) -> dict[str, Re
     base = RelaxConfig(tol=tol, max_steps=100_000, check_every=check_every)
     return {
         "fixed_point": base.replace(method="fixed_point"),
+        "anderson": base.replace(method="anderson"),  # the map, Anderson-accelerated (m = 5)
         "exp_euler": base.replace(method="exp_euler"),
         # per-sample adaptive, default tolerances (rtol = min(1e-3, tol), atol = tol/10)
         "rk23": base.replace(method="rk23"),
@@ -56,11 +63,18 @@ def method_configs(tol: float, tau_max: float, check_every: int) -> dict[str, Re
     }
 
 
-METHODS = ("fixed_point", "exp_euler", "rk23", "etd2", "etd2-coarse", "etd2-loose", "euler",
-           "dopri5", "bosh3")
+METHODS = ("fixed_point", "anderson", "exp_euler", "rk23", "etd2", "etd2-coarse", "etd2-loose",
+           "euler", "dopri5", "bosh3")
 QUICK_METHODS = ("fixed_point", "etd2-loose", "rk23", "dopri5")
 #: error-controlled etd2 at rtol R and atol R/10: "etd2-rtol0.3"
 ETD2_AT_RTOL = re.compile(r"etd2-rtol(\d+(?:\.\d*)?(?:e-?\d+)?)")
+#: the map or its Anderson acceleration with per-neuron steps min(1, D/τ_i): "anderson-dt0.1"
+MAP_AT_DT = re.compile(r"(fixed_point|anderson)-dt(\d+(?:\.\d*)?(?:e-?\d+)?)")
+
+
+def is_pattern_name(name: str) -> bool:
+    """Whether ``name`` is an ``etd2-rtolR``, ``fixed_point-dtD`` or ``anderson-dtD`` row."""
+    return bool(ETD2_AT_RTOL.fullmatch(name) or MAP_AT_DT.fullmatch(name))
 
 
 def config_for(name: str, tol: float, tau_max: float, check_every: int) -> RelaxConfig:
@@ -72,9 +86,17 @@ def config_for(name: str, tol: float, tau_max: float, check_every: int) -> Relax
             raise ValueError(f"{name}: rtol must be positive")
         return RelaxConfig(method="etd2", tol=tol, max_steps=100_000, check_every=check_every,
                            rtol=rtol, atol=rtol / 10)
+    match = MAP_AT_DT.fullmatch(name)
+    if match:
+        dt = float(match.group(2))
+        if not dt > 0:
+            raise ValueError(f"{name}: dt must be positive")
+        return RelaxConfig(method=match.group(1), tol=tol, max_steps=100_000,
+                           check_every=check_every, dt=dt)
     configs = method_configs(tol, tau_max, check_every)
     if name not in configs:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, etd2-rtolR")
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, etd2-rtolR, "
+                         "fixed_point-dtD, anderson-dtD")
     return configs[name]
 
 
@@ -106,14 +128,21 @@ def run_once(bound, cfg: RelaxConfig) -> tuple[float, object]:
 
 
 def measure(energy: DenseHopfield, x: torch.Tensor, tau_name: str, methods: list[str],
-            tol: float, repeats: int, check_every: int, path_time: float | None = None
-            ) -> list[dict]:
+            tol: float, repeats: int, check_every: int, path_time: float | None = None,
+            beta: float = 0.0) -> list[dict]:
     """Interleaved timings of ``methods`` on one (τ, net, batch); one row per method. With
-    ``path_time``, the adaptive rows also get ``path_error`` (:func:`path_error`)."""
+    ``path_time``, the adaptive rows also get ``path_error`` (:func:`path_error`); with
+    ``beta`` ≠ 0 the phases are nudged towards random targets (seeded)."""
     dtype = x.dtype
     dist, spread = TAUS[tau_name]
     tau = TimeConstants.sample(energy.state_shapes, dist, 1.0, spread, seed=2, dtype=dtype)
-    bound = VectorField(energy, "squared_error", tau).bind(x)
+    field = VectorField(energy, "squared_error", tau)
+    if beta:
+        y = torch.randint(0, energy.sizes[-1], (x.shape[0],),
+                          generator=torch.Generator().manual_seed(3))
+        bound = field.bind(x, y, beta)
+    else:
+        bound = field.bind(x)
     tau_max = max(float(t.max()) for t in tau())
     cfgs = {m: config_for(m, tol, tau_max, check_every) for m in methods}
     last = {m: run_once(bound, cfgs[m])[1] for m in methods}  # warm-up
@@ -131,7 +160,7 @@ def measure(energy: DenseHopfield, x: torch.Tensor, tau_name: str, methods: list
     for m in methods:
         eq = last[m]
         seconds = statistics.median(times[m])
-        row = {"method": m, "tau": tau_name, "width": energy.sizes[1],
+        row = {"method": m, "tau": tau_name, "beta": beta, "width": energy.sizes[1],
                "batch": x.shape[0], "nfe": float(eq.nfe.double().mean()),
                "nfe_max": float(eq.nfe.max()), "seconds": seconds,
                "residual": float(eq.residual.max()),
@@ -161,6 +190,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--beta", type=float, default=0.0,
+                        help="nudge strength (0: free phases; else random targets)")
     parser.add_argument("--path-error", type=float, default=None, metavar="T",
                         help="also integrate rk23/etd2 rows to time T with their tolerances and "
                              "report the largest state error against rk23 at rtol 1e-10")
@@ -170,11 +201,13 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     methods = list(QUICK_METHODS) if args.quick else args.methods.split(",")
     taus = ["constant", "lognormal-0.5"] if args.quick else args.taus.split(",")
-    unknown = (sorted(m for m in set(methods) - set(METHODS) if not ETD2_AT_RTOL.fullmatch(m))
+    unknown = (sorted(m for m in set(methods) - set(METHODS) if not is_pattern_name(m))
                + sorted(set(taus) - set(TAUS)))
     if unknown:
         parser.error(f"unknown method or τ name(s) {unknown}; methods: {', '.join(METHODS)}, "
-                     f"etd2-rtolR; τ: {', '.join(TAUS)}")
+                     f"etd2-rtolR, fixed_point-dtD, anderson-dtD; τ: {', '.join(TAUS)}")
+    if not math.isfinite(args.beta):
+        parser.error(f"--beta must be finite, got {args.beta}")
     if args.path_error is not None and not (args.path_error > 0 and math.isfinite(args.path_error)):
         parser.error(f"--path-error must be a positive time, got {args.path_error}")
     if "fixed_point" not in methods:
@@ -190,11 +223,12 @@ def main() -> None:
                            dtype=torch.float64).to(dtype)
             for tau_name in taus:
                 results += measure(energy, x, tau_name, methods, args.tol, repeats,
-                                   args.check_every, args.path_error)
+                                   args.check_every, args.path_error, args.beta)
     if args.json:
         print(json.dumps({"results": results}))
         return
-    print(f"784-W-10 hard_sigmoid, {args.dtype}, tol {args.tol:g}, check_every "
+    print(f"784-W-10 hard_sigmoid, {args.dtype}, tol {args.tol:g}, β {args.beta:g}, "
+          f"check_every "
           f"{args.check_every}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"median of {repeats} interleaved rounds")
     path = args.path_error is not None

@@ -78,6 +78,36 @@ def test_relaxation_etd2_at_rtol_names_and_path_error():
         assert math.isnan(bench.path_error(bound, cfgs["fixed_point"], 2.0, ref))
 
 
+def test_relaxation_map_rows_with_dt_and_nudged_phases():
+    """``fixed_point-dtD``/``anderson-dtD`` are the map and its acceleration with per-neuron
+    steps dt = D; ``measure`` with β nudges towards random targets, which moves the equilibrium
+    and costs the map more evaluations here, and Anderson needs fewer than the map."""
+    import torch
+
+    from ctep import DenseHopfield
+
+    bench = _relaxation_module()
+    cfg = bench.config_for("anderson-dt0.1", 1e-6, 2.0, 1)
+    assert (cfg.method, cfg.dt, cfg.tol) == ("anderson", 0.1, 1e-6)
+    assert bench.config_for("fixed_point-dt2", 1e-6, 2.0, 1).dt == 2.0
+    assert bench.config_for("anderson", 1e-6, 2.0, 1).method == "anderson"
+    for bad in ("anderson-dt", "fixed_point-dt0", "exp_euler-dt0.1"):
+        with pytest.raises(ValueError, match="dt must be positive|unknown method"):
+            bench.config_for(bad, 1e-6, 2.0, 1)
+    energy = DenseHopfield([20, 16, 4], "hard_sigmoid", seed=0, dtype=torch.float64)
+    x = torch.rand(8, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    methods = ["fixed_point", "anderson", "fixed_point-dt0.1", "anderson-dt0.1"]
+    free = bench.measure(energy, x, "lognormal-0.5", methods, 1e-8, 1, 1)
+    nudged = bench.measure(energy, x, "lognormal-0.5", methods, 1e-8, 1, 1, beta=0.5)
+    for rows in (free, nudged):
+        nfe = {r["method"]: r["nfe"] for r in rows}
+        assert all(r["converged"] == 1.0 and r["residual"] <= 1e-8 for r in rows)
+        assert nfe["anderson-dt0.1"] < nfe["fixed_point-dt0.1"] / 3
+        assert nfe["fixed_point-dt0.1"] > 2 * nfe["fixed_point"]
+    assert {r["beta"] for r in nudged} == {0.5} and {r["beta"] for r in free} == {0.0}
+    assert nudged[0]["nfe"] > free[0]["nfe"]
+
+
 def _mnist_root() -> pathlib.Path:
     env = os.environ.get("CTEP_DATA")
     return pathlib.Path(env) if env else ROOT / ".." / "shared" / "data"
