@@ -146,3 +146,41 @@ def test_restricted_memo_follows_in_place_changes():
         assert torch.allclose(fresh, torch.addmm(energy.biases[0], other, energy.weights[0].T))
         assert not torch.allclose(fresh, full[1:2])
         assert len(energy.__dict__[MEMO_ATTRIBUTE]) == 1
+
+
+@pytest.mark.parametrize("name", ["dense", "conv"])
+def test_relaxation_under_inference_mode(name):
+    """Inference tensors have no version counter: a relaxation inside ``torch.inference_mode``
+    (input and targets made outside or inside it, samples leaving the batch, a nudged phase)
+    raised "Inference tensors do not track version counter" from the memo. It now gives the
+    equilibria of the same relaxation under ``torch.no_grad``, and the memo keeps no entry
+    that depends on an inference tensor."""
+    from ctep import VectorField, relax
+    from ctep.energies._memo import MEMO_ATTRIBUTE
+    from ctep.models import small_instance
+
+    energy, shape = small_instance(name)
+    field = VectorField(energy)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, energy.state_shapes[-1][0], (6,), generator=gen)
+    cfg = dict(method="fixed_point", tol=1e-9, max_steps=5000, check_every=1)
+    # samples 0-2 start at their equilibrium and leave at the first check
+    start = relax(field.bind(x), method="fixed_point", tol=1e-12, max_steps=5000).states
+    zero = energy.init_states(6, dtype=torch.float64)
+    s0 = tuple(torch.cat([a[:3], z[3:]]) for a, z in zip(start, zero, strict=True))
+    with torch.no_grad():
+        free = relax(field.bind(x), s0, **cfg)
+        nudged = relax(field.bind(x, y, 0.5), s0, **cfg)
+    assert len(set(free.steps.tolist())) > 1 and len(set(nudged.steps.tolist())) > 1
+    for inside in (False, True):
+        with torch.inference_mode():
+            xi, yi = (x.clone(), y.clone()) if inside else (x, y)
+            got = relax(field.bind(xi), s0, **cfg)
+            got_nudged = relax(field.bind(xi, yi, 0.5), s0, **cfg)
+        for want, have in ((free, got), (nudged, got_nudged)):
+            assert torch.equal(want.status, have.status)
+            assert max(float((a - b).abs().max())
+                       for a, b in zip(want.states, have.states, strict=True)) < 1e-12
+        for tensors, *_ in energy.__dict__[MEMO_ATTRIBUTE].values():
+            assert not any(t.is_inference() for t in tensors)

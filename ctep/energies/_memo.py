@@ -26,7 +26,11 @@ def _valid(tensors: tuple[Tensor, ...], versions: tuple, current: tuple[Tensor, 
 def memoised(memo: dict, key, tensors: tuple[Tensor, ...], compute):
     """``compute()``, reused while ``tensors`` are the same objects with the same storage, dtype
     and device, unmodified in place (version counters): the input (first) and the weights a
-    constant input term depends on."""
+    constant input term depends on. Inference tensors (made under ``torch.inference_mode``)
+    have no version counter, so an in-place change of one could not be seen: with one among
+    ``tensors`` nothing is stored or reused."""
+    if any(t.is_inference() for t in tensors):
+        return compute()
     hit = memo.get(key)
     if hit is not None and _valid(hit[0], hit[1], tensors):
         return hit[2]
@@ -44,7 +48,7 @@ def restrict_input_memo(energy: object, root: Tensor, child: Tensor, rows: Tenso
     it too). Entries of other inputs are left alone (the next lookup recomputes them).
     """
     memo = energy.__dict__.get(MEMO_ATTRIBUTE)
-    if not memo:
+    if not memo or child.is_inference():  # memoised neither stores nor reuses those
         return
     for key, (tensors, versions, out, origin) in list(memo.items()):
         if origin is None:
