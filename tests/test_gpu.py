@@ -5,6 +5,7 @@ none); run them on a GPU machine with ``python -m pytest -q tests/test_gpu.py``.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -21,6 +22,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 CUDA = torch.device("cuda")
 METHODS = ("fixed_point", "anderson", "exp_euler", "rk23", "etd2", "dopri5")
+#: etd2 at its default rtol = tol = 1e-10 runs out of its 20 000 steps on this problem (t ≈ 4
+#: of the ~900 the slowest sample needs), so both devices would compare unconverged states
+SETTINGS = {"etd2": dict(rtol=1e-4, atol=1e-12, max_time=math.inf)}
 
 
 def _on(field, x, y, device):
@@ -31,8 +35,10 @@ def _on(field, x, y, device):
 def test_relaxation_on_the_gpu_matches_the_cpu(method):
     """float64: the same equilibria, statuses and (for the loops) step counts."""
     field, x, y = problem(tau="lognormal", tau_spread=0.8, batch=6)
-    cfg = RelaxConfig(method=method, tol=1e-10, max_steps=20_000, check_every=2)
+    cfg = RelaxConfig(method=method, tol=1e-10, max_steps=20_000, check_every=2,
+                      **SETTINGS.get(method, {}))
     cpu = relax(field.bind(x, y, 0.3), config=cfg)
+    assert bool(cpu.converged.all()), cpu.status  # equilibria, not states on the way
     gf, gx, gy = _on(field, x, y, CUDA)
     gpu = relax(gf.bind(gx, gy, 0.3), config=cfg)
     assert gpu.states[0].device.type == "cuda" and gpu.status.device.type == "cuda"
@@ -84,6 +90,9 @@ def test_no_synchronisation_between_checks(method):
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    # the checks themselves read the residual on the host: zero would mean that the warnings
+    # were not caught at all, and the comparison below would pass whatever the steps do
+    assert counts[1] > 0, counts
     assert counts[1] == counts[2], counts
 
 
@@ -99,3 +108,4 @@ def test_trainer_learns_on_the_gpu(tmp_path):
     history = trainer.run()
     assert next(trainer.field.parameters()).device.type == "cuda"
     assert history[-1]["test_acc"] >= 0.95, history
+
