@@ -203,11 +203,11 @@ def jacobian_spectrum(field: VectorField, x: Tensor, states: States, y: Tensor |
     pinned = (jd == 0).all(dim=2) & finite[:, None]
     b, n = pinned.shape
     dtype = torch.float64 if symmetric else torch.complex128
-    eig = torch.full((b, n), float("nan"), dtype=dtype)
+    eig = torch.full((b, n), float("nan"), dtype=dtype, device=jd.device)
     plain = finite & ~pinned.any(dim=1)
-    groups = [(torch.nonzero(plain).flatten(), torch.ones(n, dtype=torch.bool))] \
+    groups = [(torch.nonzero(plain).flatten(), torch.ones(n, dtype=torch.bool, device=jd.device))] \
         if bool(plain.any()) else []
-    groups += [(torch.tensor([i]), ~pinned[i])
+    groups += [(torch.tensor([i], device=jd.device), ~pinned[i])
                for i in torch.nonzero(finite & pinned.any(dim=1)).flatten().tolist()]
     for rows, free in groups:
         m = jd[rows][:, free][:, :, free]

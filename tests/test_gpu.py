@@ -109,3 +109,37 @@ def test_trainer_learns_on_the_gpu(tmp_path):
     assert next(trainer.field.parameters()).device.type == "cuda"
     assert history[-1]["test_acc"] >= 0.95, history
 
+
+def test_diagnostics_on_the_gpu_match_the_cpu():
+    """Jacobian spectra, skew-gradient stability reports and Lagrangian Hessian diagnostics
+    filled result tensors made on the CPU with rows indexed on the GPU (a device error)."""
+    from test_lagrangian import theory_problem
+    from test_skew import theory_network
+
+    from ctep.diagnostics import jacobian_spectrum
+    from ctep.lagrangian import solve_trajectory
+
+    field, x, y = problem(tau="lognormal", tau_spread=0.5, batch=3)
+    eq = relax(field.bind(x), method="fixed_point", tol=1e-12, max_steps=20_000)
+    gf, gx, _ = _on(field, x, y, CUDA)
+    cpu = jacobian_spectrum(field, x, eq.states)
+    gpu = jacobian_spectrum(gf, gx, tuple(s.to(CUDA) for s in eq.states))
+    assert gpu.eigenvalues.device.type == "cuda"
+    assert torch.allclose(gpu.eigenvalues.cpu(), cpu.eigenvalues, rtol=1e-9, atol=1e-12)
+
+    skew, sx, _ = theory_network()
+    seq = relax(skew.bind(sx), method="dopri5", tol=1e-9)
+    rep = skew.stability(sx, seq)
+    gskew = copy.deepcopy(skew).to(CUDA)
+    grep = gskew.stability(sx.to(CUDA), relax(gskew.bind(sx.to(CUDA)), method="dopri5",
+                                                   tol=1e-9))
+    assert torch.equal(grep.status.cpu(), rep.status)
+    assert torch.equal(grep.hessian_negative.cpu(), rep.hessian_negative)
+    assert torch.allclose(grep.max_real.cpu(), rep.max_real, rtol=1e-6)
+
+    prob = theory_problem()
+    free = solve_trajectory(prob.action, prob.x)
+    gpu_free = solve_trajectory(copy.deepcopy(prob.action).to(CUDA), prob.x.to(CUDA))
+    assert bool(free.converged.all()) and bool(gpu_free.converged.all())
+    assert torch.equal(gpu_free.hessian_negative.cpu(), free.hessian_negative)
+    assert torch.allclose(gpu_free.condition.cpu(), free.condition, rtol=1e-6)

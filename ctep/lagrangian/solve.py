@@ -198,9 +198,10 @@ def action_hessian(action: DiscreteAction, Q: Tensor, x: Tensor | None = None,
 def _diagnose(action: DiscreteAction, out: StationaryTrajectory, fn, cfg: NewtonConfig) -> None:
     b = out.Q.shape[0]
     ok = torch.isfinite(out.Q.reshape(b, -1)).all(dim=1)
-    neg = torch.zeros(b, dtype=torch.int64)
-    pos = torch.zeros(b, dtype=torch.int64)
-    cond = torch.full((b,), float("inf"), dtype=torch.float64)
+    dev = out.Q.device
+    neg = torch.zeros(b, dtype=torch.int64, device=dev)
+    pos = torch.zeros(b, dtype=torch.int64, device=dev)
+    cond = torch.full((b,), float("inf"), dtype=torch.float64, device=dev)
     if bool(ok.any()):
         idx = torch.nonzero(ok).flatten()
         hes = batched_jacobian(lambda s: (fn(s[0], idx),), (out.Q[idx].reshape(idx.numel(), -1),))

@@ -271,9 +271,11 @@ class SkewGradientField(VectorField):
         batch = states[0].shape[0]
         n = flatten_states(states).shape[1]
         finite = torch.isfinite(flatten_states(states)).all(dim=1)
-        eig = torch.full((batch, n), complex(float("nan"), float("nan")), dtype=torch.complex128)
-        neg = torch.zeros(batch, dtype=torch.int64)
-        pos = torch.zeros(batch, dtype=torch.int64)
+        dev = finite.device
+        eig = torch.full((batch, n), complex(float("nan"), float("nan")), dtype=torch.complex128,
+                         device=dev)
+        neg = torch.zeros(batch, dtype=torch.int64, device=dev)
+        pos = torch.zeros(batch, dtype=torch.int64, device=dev)
         if bool(finite.any()):
             fi = torch.nonzero(finite).flatten()
             sub = tuple(s[fi] for s in states)
@@ -294,7 +296,7 @@ class SkewGradientField(VectorField):
         verdict = torch.where(status == Status.MAX_STEPS, int(Stability.NOT_CONVERGED), verdict)
         failed = (status == Status.DIVERGED) | (status == Status.SOLVER_FAILED)
         verdict = torch.where(failed, int(Stability.DIVERGED), verdict).to(torch.int8)
-        crit = torch.full((batch,), float("nan"), dtype=torch.float64)
+        crit = torch.full((batch,), float("nan"), dtype=torch.float64, device=dev)
         stuck = (verdict == Stability.NOT_CONVERGED) & finite
         if bool(stuck.any()):
             si = torch.nonzero(stuck).flatten()
