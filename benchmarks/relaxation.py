@@ -19,7 +19,7 @@ rounds and the ratio column divides by the fixed-point map's median from the sam
 per-neuron steps h_i = min(1, D/τ_i). ``--beta B`` relaxes nudged phases (random targets) instead
 of free ones:
 
-    python benchmarks/relaxation.py --tol 1e-8 --beta 0.5 \
+    python benchmarks/relaxation.py --tol 1e-8 --beta 0.5 \\
         --methods fixed_point,anderson,fixed_point-dt0.1,anderson-dt0.1   # anderson vs the map
 """
 
