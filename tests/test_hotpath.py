@@ -72,19 +72,28 @@ def test_cost_targets_are_memoised_and_still_checked(monkeypatch):
             assert all(hit[0][0] is yb for hit in cost._target_memo.values())
 
 
-@pytest.mark.parametrize("name", ["dense", "conv", "dendritic"])
-@pytest.mark.parametrize("method", ["fixed_point", "anderson", "rk23", "dopri5"])
+#: (energy, method); rk23 is left out on the ResNet: at its default tolerances it does not bring
+#: the samples started at zero to 1e-8 there within 20 000 steps
+MEMO_CASES = [(name, method) for name in ("dense", "conv", "dendritic", "hopfield-resnet")
+              for method in ("fixed_point", "anderson", "rk23", "dopri5")
+              if (name, method) != ("hopfield-resnet", "rk23")]
+
+
+@pytest.mark.parametrize(("name", "method"), MEMO_CASES)
 def test_leaving_samples_reuse_the_input_term(monkeypatch, name, method):
     """Samples stop at different checks; the smaller working batches get the rows of the full
     batch's memoised input term instead of a recomputation (one per input coupling per
-    relaxation), and the equilibria equal those of a relaxation that recomputes it."""
+    relaxation), and the equilibria equal those of a relaxation that recomputes it. The
+    Hopfield-ResNet has two couplings from the input (two memo entries cut together)."""
     from ctep import VectorField, relax
     from ctep.energies import _memo
     from ctep.models import small_instance
     from ctep.timeconstants import TimeConstants
 
     energy, shape = small_instance(name)
-    module = importlib.import_module(type(energy).__module__)
+    # the module whose code calls memoised (the ResNet inherits the conv energy's input term)
+    module = importlib.import_module("ctep.energies.conv" if name == "hopfield-resnet"
+                                     else type(energy).__module__)
     tau = TimeConstants.sample(energy.state_shapes, "lognormal", 1.0, 1.0, seed=3,
                                dtype=torch.float64)
     field = VectorField(energy, tau=tau)
@@ -109,6 +118,7 @@ def test_leaving_samples_reuse_the_input_term(monkeypatch, name, method):
     assert bool(eq.converged.all())
     assert len(set(eq.t.tolist())) > 1  # samples left the batch before the end
     keys = len(energy.__dict__[_memo.MEMO_ATTRIBUTE])
+    assert keys == (2 if name == "hopfield-resnet" else 1)
     assert computed["n"] == keys, computed
     # against recomputing for every working batch
     relax_module = importlib.import_module("ctep.solve.relax")  # ctep.solve.relax is relax()
