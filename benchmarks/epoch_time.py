@@ -66,8 +66,10 @@ def synthetic_data(cfg: TrainConfig, n: int, seed: int) -> TrainData:
 
 
 def measure(cfg: TrainConfig, data: TrainData, warmup: int, batches: int,
-            rounds: int) -> dict:
-    """Time the trainer's batches as the module docstring says."""
+            rounds: int, progress: bool = False) -> dict:
+    """Time the trainer's batches as the module docstring says. With ``progress`` each round's
+    ms per batch goes to stderr as it ends, so a run stopped by a time limit (as in
+    ``gpu_checks.sh``) still leaves the rounds it finished."""
     trainer = Trainer(cfg, None, data=data)
     cuda = trainer.device.type == "cuda"
 
@@ -93,6 +95,10 @@ def measure(cfg: TrainConfig, data: TrainData, warmup: int, batches: int,
             end.record()
             end.synchronize()
             device.append(start.elapsed_time(end) / 1e3 / batches)
+        if progress:
+            print(f"round {len(host)}/{rounds}: {host[-1] * 1e3:.1f} ms per batch"
+                  + (f" (CUDA events {device[-1] * 1e3:.1f})" if cuda else ""),
+                  file=sys.stderr, flush=True)
     per_batch = statistics.median(host)
     epoch_batches = n_batches(len(data.train), cfg.data.batch_size)
     out = {"batch_ms": per_batch * 1e3, "epoch_s": per_batch * epoch_batches,
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     if needed > available:  # an epoch's end would run the test evaluation inside a round
         parser.error(f"warm-up and timed batches ({needed}) exceed one epoch of "
                      f"{available} batches: use more data or fewer batches")
-    result = measure(cfg, data, args.warmup, args.batches, args.rounds)
+    result = measure(cfg, data, args.warmup, args.batches, args.rounds, progress=True)
     result.update({
         "config": args.config, "overrides": args.set, "device": cfg.model.device,
         "device_name": (torch.cuda.get_device_name(torch.device(cfg.model.device))

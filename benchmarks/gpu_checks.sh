@@ -10,7 +10,8 @@
 # 2. benchmarks/epoch_time.py: seconds per epoch of the VGG5 CIFAR-10 config (synthetic
 #    CIFAR-shaped images: the timing does not depend on the pixels with fixed budgets) and of the
 #    MNIST 784-512-10 config, median of 5 rounds of 20 batches after 5 warm-up batches, host
-#    clock and CUDA events, peak memory.
+#    clock and CUDA events, peak memory. The JSON line comes at the end; each round's time is
+#    written to the .log next to it as it ends, so a run stopped by its time limit keeps them.
 # Each step has its own time limit, so the whole script ends within about 8 minutes.
 set -u -o pipefail
 out=${1:-gpu_checks_out}
@@ -22,8 +23,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
 timeout 150 python3 benchmarks/epoch_time.py --config examples/configs/vgg5_cifar10.toml \
     --device cuda --synthetic 50000 --warmup 5 --batches 20 --rounds 5 --json \
-    2>&1 | tee "$out/epoch_vgg5_cifar10.json"
+    2> "$out/epoch_vgg5_cifar10.log" | tee "$out/epoch_vgg5_cifar10.json"
 timeout 60 python3 benchmarks/epoch_time.py \
     --config examples/configs/mnist_784-512-10_laborieux.toml \
     --device cuda --synthetic 60000 --warmup 5 --batches 20 --rounds 5 --json \
-    2>&1 | tee "$out/epoch_mnist_784-512-10.json"
+    2> "$out/epoch_mnist_784-512-10.log" | tee "$out/epoch_mnist_784-512-10.json"
