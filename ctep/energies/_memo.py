@@ -3,7 +3,10 @@
 An energy keeps its memo in ``self.__dict__["_input_memo"]``: one entry per key (a coupling
 from the input), each computed from tensors whose first one is the input x. When a relaxation
 takes finished samples out of its working batch, :func:`restrict_input_memo` gives the smaller
-batch the rows of the full batch's entries instead of a recomputation.
+batch the rows of the full batch's entries instead of a recomputation. Every relaxation starts
+with :func:`forget_input_memo`: version counters do not see every in-place change of a weight
+(fused optimizers, ``torch.optim.SGD(..., fused=True)`` and the like, update parameters without
+bumping them), and weights change between relaxations, not during one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ def memoised(memo: dict, key, tensors: tuple[Tensor, ...], compute):
     out = compute()
     memo[key] = (tensors, _versions(tensors), out, None)
     return out
+
+
+def forget_input_memo(energy: object) -> None:
+    """Drop the memo entries of ``energy`` and of every module inside it (a wrapper's energy)."""
+    modules = energy.modules() if hasattr(energy, "modules") else (energy,)
+    for module in modules:
+        memo = module.__dict__.get(MEMO_ATTRIBUTE)
+        if memo:
+            memo.clear()
 
 
 def restrict_input_memo(energy: object, root: Tensor, child: Tensor, rows: Tensor) -> None:

@@ -24,7 +24,7 @@ from .._states import (
     unflatten_states,
 )
 from ..dynamics import BoundField
-from ..energies._memo import restrict_input_memo
+from ..energies._memo import forget_input_memo, restrict_input_memo
 from .anderson import AndersonStep
 from .config import ADAPTIVE_METHODS, LOOP_METHODS, MAP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
@@ -61,6 +61,7 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
     if cfg.max_steps < 1:
         raise ValueError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
     s0 = initial_states(field, s0)
+    forget_input_memo(field.energy)  # terms of the current weights (a fused step bumps no version)
     with torch.no_grad():
         if cfg.method in ADAPTIVE_METHODS:
             from .adaptive import relax_adaptive  # adaptive.py imports this module's _Book
