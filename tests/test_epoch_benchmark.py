@@ -29,7 +29,7 @@ def test_vgg5_on_synthetic_cifar_images(capsys):
         "--synthetic", "96", "--set", "model.options={channels=[4, 4, 8, 8]}",
         "--set", "data.batch_size=16", "--set", "relax.free_steps=3",
         "--set", "relax.nudged_steps=2", "--warmup", "1", "--batches", "1", "--rounds", "3",
-        "--threads", "1", "--json"])
+        "--json"])
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     # each round on stderr as it ends (kept when a time limit stops the run)
@@ -55,7 +55,7 @@ def test_dense_config_on_real_mnist(capsys):
     _script().main([
         "--config", str(ROOT / "examples" / "configs" / "mnist_784-512-10_laborieux.toml"),
         "--data-root", DATA, "--set", "data.train_subset=500", "--warmup", "1",
-        "--batches", "2", "--rounds", "2", "--threads", "1"])
+        "--batches", "2", "--rounds", "2"])
     out = capsys.readouterr().out
     assert "| batch ms (median) | epoch s |" in out
     assert "| 10 |" in out  # 500 images in batches of 50
