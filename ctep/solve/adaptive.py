@@ -163,11 +163,7 @@ class _ExponentialRK2(_Scheme):
 
     def step(self, field: BoundField, s: States, d: States, h: Tensor, rates: _Rates
              ) -> tuple[States, States, States]:
-        phi1, phi2, decay = _phi_functions(rates.z(h, s[0]), rates)
-        a = tuple(x + p * di for x, p, di in zip(s, phi1, d, strict=True))
-        da = field.drive(a)
-        # g(a) − g(s) = (a + d_a) − (s + d) = d_a − e^{−z} ⊙ d  (a − s = φ₁ ⊙ d = d − e^{−z} ⊙ d)
-        corr = tuple(p * (dai - e * di) for p, dai, e, di in zip(phi2, da, decay, d, strict=True))
+        a, corr = _exponential_stages(field, s, d, h, rates)
         new = field.energy.clamp(tuple(ai + c for ai, c in zip(a, corr, strict=True)))
         return new, field.drive(new), corr
 
@@ -178,6 +174,18 @@ class _ExponentialRK2(_Scheme):
 
 
 SCHEMES: dict[str, _Scheme] = {c.name: c() for c in (_BogackiShampine, _ExponentialRK2)}
+
+
+def _exponential_stages(field: BoundField, s: States, d: States, h: Tensor, rates: _Rates
+                        ) -> tuple[States, States]:
+    """etd2's first stage a = s + φ₁ ⊙ d and its correction (and error estimate)
+    φ₂ ⊙ (g(a) − g(s)) for steps h; one evaluation, drive(a)."""
+    phi1, phi2, decay = _phi_functions(rates.z(h, s[0]), rates)
+    a = tuple(x + p * di for x, p, di in zip(s, phi1, d, strict=True))
+    da = field.drive(a)
+    # g(a) − g(s) = (a + d_a) − (s + d) = d_a − e^{−z} ⊙ d  (a − s = φ₁ ⊙ d = d − e^{−z} ⊙ d)
+    corr = tuple(p * (dai - e * di) for p, dai, e, di in zip(phi2, da, decay, d, strict=True))
+    return a, corr
 
 #: below this z, φ₂ is summed as its Taylor series (the closed form loses digits to
 #: cancellation, about 2·eps/z relative): 0.02 in float64, 0.1 in lower precisions
@@ -331,10 +339,7 @@ def exponential_initial_step(field: BoundField, s: States, d: States, rtol: floa
     tau_min = 1 / float(rates.row.max())
     h0 = torch.full((s[0].shape[0],), TRIAL_STEP_FRACTION * tau_min, dtype=torch.float64,
                     device=s[0].device)
-    phi1, phi2, decay = _phi_functions(rates.z(h0, s[0]), rates)
-    a = tuple(x + p * di for x, p, di in zip(s, phi1, d, strict=True))
-    da = field.drive(a)
-    err = tuple(p * (dai - e * di) for p, dai, e, di in zip(phi2, da, decay, d, strict=True))
+    a, err = _exponential_stages(field, s, d, h0, rates)
     norm = error_norm(err, s, a, rtol, atol)
     growth = (SAFETY * norm.clamp_min(1e-300).pow(-0.5)).clamp(MIN_FIRST_SHRINK, MAX_FIRST_GROWTH)
     return h0 * torch.where(torch.isfinite(norm), growth, torch.ones_like(growth))
