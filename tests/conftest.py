@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -67,3 +68,20 @@ def nudge_keeps_output_clip(field, x, y, est) -> bool:
     free = code(est.free.states, 0)
     return all(torch.equal(free, code(n.states, b))
                for n, b in zip(est.nudged, est.betas, strict=True))
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> dict:
+    """Counts every host read of a tensor value (bool, item, int, float, tolist, nonzero,
+    index) in ``host_reads["n"]``: a relaxation's reads between its residual checks show up as
+    a count that grows with the number of steps."""
+    counts = {"n": 0}
+    for name in ("__bool__", "item", "__int__", "__float__", "tolist", "nonzero", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts

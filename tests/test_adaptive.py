@@ -357,29 +357,20 @@ def test_etd2_steps_are_capped_so_coarse_tolerances_reach_the_residual(monkeypat
     assert bool((uncapped.status[~uncapped.converged] == Status.MAX_STEPS).all())
 
 
-def test_no_host_synchronisation_between_checks(monkeypatch):
+def test_no_host_synchronisation_between_checks(host_reads):
     """Every host read of a tensor value (bool, item, int, float, tolist, nonzero) is counted:
     with one check at the end, 60 steps need no more reads than 6 steps."""
     field, x, _ = problem(activation="tanh", tau="lognormal", tau_spread=0.5)
     bound = field.bind(x)
-    counts = {"n": 0}
-    for name in ("__bool__", "item", "__int__", "__float__", "tolist", "nonzero", "__index__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, **kwargs):
-            counts["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
     reads = {}
     for method in METHODS:
         for steps in (6, 60):
-            counts["n"] = 0
+            host_reads["n"] = 0
             eq = relax(bound, method=method, tol=1e-30, max_steps=steps, check_every=0,
                        dt=0.01, max_time=math.inf)
-            reads[method, steps] = counts["n"]
+            reads[method, steps] = host_reads["n"]
             assert (eq.steps == steps).all()
-        assert reads[method, 60] == reads[method, 6], reads
+        assert reads[method, 60] == reads[method, 6] > 0, reads  # > 0: the counter counts
 
 
 def test_complex_states_holomorphic_ep():

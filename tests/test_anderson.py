@@ -127,28 +127,19 @@ def test_bad_settings_are_refused(bad):
     assert repr(value) in str(err.value)
 
 
-def test_no_host_synchronisation_between_checks(monkeypatch):
+def test_no_host_synchronisation_between_checks(host_reads):
     """Every host read of a tensor value is counted: with one check at the end, 60 Anderson
     iterations need no more reads than 6."""
     field, x, y = problem(activation="tanh", tau="lognormal", tau_spread=0.5)
     bound = field.bind(x, y, 0.3)
-    counts = {"n": 0}
-    for name in ("__bool__", "item", "__int__", "__float__", "tolist", "nonzero", "__index__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, **kwargs):
-            counts["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
     relax(bound, method="anderson", tol=0.0, max_steps=2, check_every=0, dt=0.2)  # warm-up
     reads = []
     for steps in (6, 60):
-        counts["n"] = 0
+        host_reads["n"] = 0
         eq = relax(bound, method="anderson", tol=0.0, max_steps=steps, check_every=0, dt=0.2)
-        reads.append(counts["n"])
+        reads.append(host_reads["n"])
         assert (eq.steps == steps).all()
-    assert reads[0] == reads[1], reads
+    assert reads[0] == reads[1] > 0, reads  # > 0: the counter counts
 
 
 @pytest.mark.parametrize("estimator", ["one-sided", "centered"])
