@@ -1,15 +1,59 @@
-"""Dense linear algebra of small nets (verification, Newton, spectra): per-sample Jacobians of
-maps over layer states, and LAPACK solves and eigenvalues checked against a wrong or failed
-multi-threaded answer (repeated on one thread)."""
+"""Dense linear algebra of small nets (verification, Newton, spectra, Anderson mixing):
+per-sample Jacobians of maps over layer states, and LAPACK factorisations that never nest
+OpenMP teams.
+
+Every LAPACK call of ctep goes through this module. On the CPU, torch runs a batched
+factorisation (``linalg.solve``, ``lu_factor``, ``eigvals``, ...) as an ``at::parallel_for``
+over the batch, and oneMKL's LAPACK may start an OpenMP team of its own inside each of those
+threads. With the torch CUDA wheel on 2 threads this was measured as a call that never returns
+(a hang inside ``dgetrf``, on 2-core Intel Xeon and AMD EPYC machines: on the latter within the
+first 100 batched solves of ``benchmarks/lapack_threads.py``) and as oneMKL "DLASWP parameter 6"
+errors with wrong solutions. The matrices here are small (reference gradients, Newton steps,
+spectra of nets of at most a few thousand neurons, Anderson's m × m Gram matrices), so each
+call runs on one intra-op thread (:func:`one_thread`), which nests nothing and costs nothing
+that matters. The results are still checked (a backward-error bound for solves, two trace
+identities for spectra) and a failed check is an error that says so, never a silent wrong
+answer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from ._states import States, flatten_states
+
+
+class LinAlgCheckError(RuntimeError):
+    """A LAPACK result failed its a-posteriori check (backward error or trace identities)."""
+
+
+@contextmanager
+def one_thread(*tensors: Tensor) -> Iterator[None]:
+    """Run the enclosed torch calls on one intra-op thread (``torch.set_num_threads(1)``),
+    restoring the previous count on exit, also when the body raises.
+
+    With one intra-op thread neither ``at::parallel_for`` nor oneMKL starts a team, so no
+    OpenMP team is nested inside another. Tensors passed in that all live on a non-CPU device
+    leave the setting alone (their factorisations do not use the CPU thread pool). The
+    setting is process-wide: torch calls made at the same time from other Python threads run on
+    one thread too, until the block ends.
+    """
+    if tensors and all(t.device.type != "cpu" for t in tensors):
+        yield
+        return
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def batched_jacobian(fn: Callable[[States], States], states: States) -> Tensor:
@@ -40,90 +84,86 @@ def batched_jacobian(fn: Callable[[States], States], states: States) -> Tensor:
 
 
 def checked_solve(a: Tensor, b: Tensor) -> Tensor:
-    """x = a⁻¹ b (batched), with its backward error checked.
+    """x = a⁻¹ b (batched ``(..., n, n)``, ``(..., n, k)``), on one thread, with its backward
+    error checked.
 
     LU with partial pivoting has a small backward error, ‖a x − b‖∞ ≤ c·n·ε·(‖a‖∞‖x‖∞ + ‖b‖∞),
-    whatever the condition number; a result outside 100·n·ε of that, or a LAPACK error, means
-    the multi-threaded solve went wrong (measured with the torch 2.15 CUDA wheel on 2 CPU
-    threads: oneMKL "DLASWP parameter 6" errors and wrong solutions after conv workloads). The
-    solve is then repeated on one thread, which restores the exact answer.
+    whatever the condition number; a result outside 100·n·ε of that raises
+    :class:`LinAlgCheckError`. A singular matrix raises torch's error.
     """
-    try:
+    with one_thread(a, b):
         x = torch.linalg.solve(a, b)
-        if _backward_error_ok(a, b, x):
-            return x
-    except RuntimeError:
-        pass
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.solve(a, b)
-    finally:
-        torch.set_num_threads(threads)
+    if not _backward_error_ok(a, b, x):
+        raise LinAlgCheckError(f"linear solve of shape {tuple(a.shape)}: the backward error "
+                               "exceeds 100·n·ε (a LAPACK fault, or non-finite entries)")
+    return x
 
 
 def checked_solve_ex(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample x = a⁻¹ b for a batch ``(B, n, n)``, ``(B, n, k)`` that may hold singular
     matrices: returns ``(x, ok)`` with x = 0 where ``ok`` is false (a zero pivot or a
-    non-finite result). Checked like :func:`checked_solve`: a LAPACK error or a backward error
-    above 100·n·ε in a sample whose factorisation succeeded repeats the work on one thread.
+    non-finite result). On one thread; a sample whose factorisation succeeded but whose
+    backward error is above 100·n·ε raises :class:`LinAlgCheckError`.
     """
-    try:
-        return _solve_ex(a, b, check=True)
-    except RuntimeError:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return _solve_ex(a, b, check=False)
-        finally:
-            torch.set_num_threads(threads)
-
-
-def _solve_ex(a: Tensor, b: Tensor, *, check: bool) -> tuple[Tensor, Tensor]:
-    lu, pivots, info = torch.linalg.lu_factor_ex(a)
-    ok = info == 0
-    x = torch.zeros_like(b)
-    if bool(ok.any()):
-        x[ok] = torch.linalg.lu_solve(lu[ok], pivots[ok], b[ok])
-        if check and not _backward_error_ok(a[ok], b[ok], x[ok]):
-            raise RuntimeError("backward error check failed")
+    with one_thread(a, b):
+        lu, pivots, info = torch.linalg.lu_factor_ex(a)
+        ok = info == 0
+        x = torch.zeros_like(b)
+        if bool(ok.any()):
+            x[ok] = torch.linalg.lu_solve(lu[ok], pivots[ok], b[ok])
+    if bool(ok.any()) and not _backward_error_ok(a[ok], b[ok], x[ok]):
+        raise LinAlgCheckError(f"LU solve of shape {tuple(a.shape)}: the backward error "
+                               "exceeds 100·n·ε in a sample whose factorisation succeeded")
     ok = ok & torch.isfinite(x).flatten(1).all(dim=1)
     return torch.where(ok.reshape(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x)), ok
 
 
-def checked_eigvals(a: Tensor) -> Tensor:
-    """The eigenvalues λ of ``a`` (batched, any square matrices; complex), checked.
+def cholesky_solve_ex(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """x = a⁻¹ b for a batch of Hermitian positive definite ``a`` ``(B, m, m)`` and ``b``
+    ``(B, m, k)`` by Cholesky, on one thread; ``ok`` ``(B,)`` is false where the
+    factorisation failed (a not positive definite), and x is then not meaningful.
 
-    As :func:`checked_solve`, a LAPACK error, non-finite eigenvalues of a finite matrix, or
-    eigenvalues that fail the moment check of :func:`_spectrum_ok` repeat the decomposition
-    on one thread, whose answer is returned.
+    Unchecked and sync-free (no host read): it is Anderson mixing's per-iteration solve, whose
+    caller discards the samples that are not ``ok``.
     """
-    return _checked_eig(torch.linalg.eigvals, a)
+    with one_thread(a, b):
+        chol, info = torch.linalg.cholesky_ex(a)
+        x = torch.cholesky_solve(b, chol)
+    return x, info == 0
+
+
+def checked_eigvals(a: Tensor) -> Tensor:
+    """The eigenvalues λ of ``a`` (batched, any square matrices; complex), on one thread,
+    checked by the trace identities of :func:`_spectrum_ok` (a failure raises
+    :class:`LinAlgCheckError`)."""
+    with one_thread(a):
+        vals = torch.linalg.eigvals(a)
+    _require_spectrum(a, vals, "eigvals")
+    return vals
 
 
 def checked_eigvalsh(a: Tensor) -> Tensor:
-    """The eigenvalues λ of the symmetric (Hermitian) ``a`` (batched; real, ascending), checked
-    like :func:`checked_eigvals`. Only the lower triangle of ``a`` is read, as by ``eigvalsh``:
-    the check is made on the Hermitian matrix that lower triangle defines."""
-    lower = torch.tril(a)
-    return _checked_eig(torch.linalg.eigvalsh, a,
-                        lower + torch.tril(a, -1).transpose(-2, -1).conj())
+    """The eigenvalues λ of the symmetric (Hermitian) ``a`` (batched; real, ascending), on one
+    thread, checked like :func:`checked_eigvals`. Only the lower triangle of ``a`` is read, as
+    by ``eigvalsh``: the check is made on the Hermitian matrix that lower triangle defines."""
+    with one_thread(a):
+        vals = torch.linalg.eigvalsh(a)
+    hermitian = torch.tril(a) + torch.tril(a, -1).transpose(-2, -1).conj()
+    _require_spectrum(hermitian, vals, "eigvalsh")
+    return vals
 
 
-def _checked_eig(eig: Callable[[Tensor], Tensor], a: Tensor, hermitian: Tensor | None = None
-                 ) -> Tensor:
-    try:
-        vals = eig(a)
-        if _spectrum_ok(a if hermitian is None else hermitian, vals):
-            return vals
-    except RuntimeError:
-        pass
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return eig(a)
-    finally:
-        torch.set_num_threads(threads)
+def spectral_norm(a: Tensor) -> Tensor:
+    """‖a‖₂, the largest singular value of each matrix of ``a`` (``(..., m, n)``), on one
+    thread (an SVD: LAPACK ``gesdd``)."""
+    with one_thread(a):
+        return torch.linalg.matrix_norm(a, 2)
+
+
+def _require_spectrum(a: Tensor, vals: Tensor, name: str) -> None:
+    if not _spectrum_ok(a, vals):
+        raise LinAlgCheckError(f"{name} of shape {tuple(a.shape)}: the eigenvalues fail the "
+                               "trace identities Σλ = tr a, Σλ² = tr a² (a LAPACK fault)")
 
 
 def _spectrum_ok(a: Tensor, vals: Tensor) -> bool:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import torch
 
+from ._linalg import spectral_norm
 from .energies.base import Energy
 from .energies.conv import ConvHopfield, CouplingEnergy, DenseCoupling, _clip_codes, _margin, vgg5
 from .energies.dendritic import DendriticHopfield
@@ -209,7 +210,7 @@ def _spectral_norm(fn: Callable[[torch.Tensor], torch.Tensor], in_shape) -> floa
     n = math.prod(in_shape)
     eye = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
     mat = fn(eye).reshape(n, -1)
-    return float(torch.linalg.matrix_norm(mat, 2))
+    return float(spectral_norm(mat))
 
 
 def _rescale_couplings(energy: CouplingEnergy, norm: float) -> None:
@@ -219,7 +220,7 @@ def _rescale_couplings(energy: CouplingEnergy, norm: float) -> None:
         for c in energy.couplings:
             w = c.weight
             if isinstance(c, DenseCoupling):
-                current = float(torch.linalg.matrix_norm(w.double(), 2))
+                current = float(spectral_norm(w.double()))
             else:
                 current = _spectral_norm(lambda t, c=c: c.conv(t.to(c.weight.dtype)).double(),
                                          c.in_shape)
@@ -258,7 +259,7 @@ def small_instance(name: str, seed: int = 0, dtype: torch.dtype | str = torch.fl
         energy = build_model("dense", **opts)
         with torch.no_grad():
             for w in energy.weights:
-                w.mul_(0.5 / float(torch.linalg.matrix_norm(w.double(), 2)))
+                w.mul_(0.5 / float(spectral_norm(w.double())))
             for b in energy.biases:
                 uniform(b, -0.3, 0.3)
         return energy, (energy.sizes[0],)
@@ -289,7 +290,7 @@ def small_instance(name: str, seed: int = 0, dtype: torch.dtype | str = torch.fl
     with torch.no_grad():
         for w, c in zip(energy.weights, energy.branch_biases, strict=True):
             for k in range(w.shape[0]):
-                norm = float(torch.linalg.matrix_norm(w[k].double(), 2))
+                norm = float(spectral_norm(w[k].double()))
                 if norm > 0:
                     w[k].mul_(0.5 / norm)
             uniform(c, 0.1, 0.4)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from ._linalg import spectral_norm
 from .dynamics import VectorField
 from .energies import DenseHopfield
 from .estimators import accepted_options, canonical_name, get_estimator
@@ -96,7 +97,7 @@ def random_problem(cfg: VerifyConfig) -> tuple[VectorField, Tensor, Tensor]:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     with torch.no_grad():
         for w in energy.weights:
-            w.mul_(cfg.weight_norm / torch.linalg.matrix_norm(w.double(), 2).to(dtype))
+            w.mul_(cfg.weight_norm / spectral_norm(w.double()).to(dtype))
         for b in energy.biases:
             b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) * 0.6 - 0.3)
     tau = TimeConstants.sample(energy.state_shapes, cfg.tau, cfg.tau_mean, cfg.tau_spread,

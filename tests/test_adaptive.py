@@ -73,10 +73,15 @@ def test_etd2_at_default_tolerances_and_rk23_loose_diverging():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_samples_do_not_depend_on_their_batch(method):
-    """With a fixed budget (no sample leaves the batch) a sample's path is bit for bit the same
-    in any batch, next to stiff neighbours too. When finished samples leave, the matrix
-    products of the smaller batch may round differently (measured: 5.6e-17 on the first step
-    after a removal), and the accept/reject decisions can carry that to the tolerance."""
+    """With a fixed budget (no sample leaves the batch) a sample's path does not depend on its
+    neighbours: bit for bit in a batch of the same size, next to stiff neighbours too (a row of
+    a matrix product depends only on that row when the shapes are the same). In a batch of
+    another size BLAS may pick another kernel (another summation order) for the products, so
+    there the path agrees to a bound: with every matrix product of the smaller batch jittered
+    by ±1 ulp (an emulation of another kernel), 20 runs differed from the whole batch by at
+    most 5.4e-13 in the states (rk23; 6.5e-15 for etd2) and 4.6e-12 relative in t (the step
+    sizes drift, and the states with them); the bounds are 20 times that. When finished
+    samples leave, the accept/reject decisions can carry such differences to the tolerance."""
     field, x, _ = problem(activation="tanh", tau="lognormal", tau_spread=0.8, batch=6)
     # the budget runs at default tolerances, where steps are rejected and sizes differ by
     # sample (etd2's loose setting accepts nearly every step: a weaker check)
@@ -84,8 +89,9 @@ def test_samples_do_not_depend_on_their_batch(method):
     whole = relax(field.bind(x), config=budget)
     assert int(whole.steps.max()) == 400 and len(set(whole.t.tolist())) == 6
     part = relax(field.bind(x[2:5]), config=budget)
-    assert max_diff(tuple(s[2:5] for s in whole.states), part.states) == 0.0
-    assert torch.equal(whole.t[2:5], part.t)
+    assert torch.equal(part.steps, whole.steps[2:5])
+    assert max_diff(tuple(s[2:5] for s in whole.states), part.states) < 1e-11
+    assert float(((part.t - whole.t[2:5]).abs() / whole.t[2:5]).max()) < 1e-10
     # stiff neighbours: inputs 50 times larger (saturated, far-away equilibria, other steps)
     x2 = x.clone()
     x2[1:] *= 50.0
@@ -137,8 +143,14 @@ def test_diverging_and_nan_samples_get_diverged():
         eq = relax(field.bind(x), s0, config=cfg)
         assert int(eq.status[2]) == Status.DIVERGED, method
         assert bool(eq.converged[[0, 1, 3]].all()), method
+        # the NaN sample leaves at step 0, so the others run as a batch of 3, not of 2 as
+        # here: another BLAS kernel may round their products differently, and the accept /
+        # reject decisions can carry that to the tolerance (measured: 0 on AMD EPYC; 8.1e-7
+        # for rk23 with every product of the batch of 2 jittered by ±1 ulp). A NaN that leaked
+        # would make the difference NaN, which fails the bound.
         clean = relax(field.bind(x[:2]), tuple(s[:2] for s in s0), config=cfg)
-        assert max_diff(tuple(s[:2] for s in eq.states), clean.states) == 0.0
+        assert bool(clean.converged.all()), method
+        assert max_diff(tuple(s[:2] for s in eq.states), clean.states) < 10 * cfg.tol
 
 
 def test_time_cap_step_cap_and_bad_arguments():

@@ -138,3 +138,20 @@ def test_training_benchmark_json_and_same_update():
     for r in rows.values():
         assert r["epoch_seconds"] == pytest.approx(1200 * r["seconds_per_batch"])
         assert r["x_bp"] == pytest.approx(r["seconds_per_batch"] / per_batch["bp"], rel=1e-12)
+
+
+def test_lapack_threads_smoke_run():
+    """The one-thread solves of a short run all pass their check, at 2 threads (the plain
+    solve is left out: on some machines it hangs, which is what the script shows)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lapack_threads.py"),
+                          "--repeats", "3", "--calls", "40", "--no-plain", "--json"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout)
+    assert result["threads"] == 2
+    assert [(r["batch"], r["n"]) for r in result["cost"]] == [(1, 50), (8, 50), (8, 200),
+                                                             (64, 30)]
+    for r in result["cost"]:
+        assert r["ratio"] == pytest.approx(r["checked_solve_s"] / r["plain_1_thread_s"])
+    (hazard,) = result["hazard"]
+    assert hazard["call"] == "checked_solve" and hazard["outcome"] == "ok"
+    assert hazard["bad_solutions"] == 0 and hazard["mkl_errors"] == 0

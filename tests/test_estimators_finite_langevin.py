@@ -15,7 +15,7 @@ from torch import nn
 
 import ctep
 from ctep import Energy, RelaxConfig, VectorField, relax
-from ctep._linalg import batched_jacobian
+from ctep._linalg import batched_jacobian, one_thread
 from ctep._states import flatten_states, unflatten_states
 from ctep.estimators import (
     CenteredEP,
@@ -174,9 +174,10 @@ def _em_stationary_target(field, x, y, free, beta, temperature, dt):
         n = a.shape[0]
         m = torch.eye(n, dtype=a.dtype) - torch.diag(h) @ a
         rhs = (2 * temperature * torch.diag(h)).reshape(-1)
-        cov = torch.linalg.solve(torch.eye(n * n, dtype=a.dtype) - torch.kron(m, m), rhs)
-        cov = cov.reshape(n, n)
-        root = torch.linalg.cholesky(0.5 * (cov + cov.T)) * math.sqrt(n)
+        with one_thread():
+            cov = torch.linalg.solve(torch.eye(n * n, dtype=a.dtype) - torch.kron(m, m), rhs)
+            cov = cov.reshape(n, n)
+            root = torch.linalg.cholesky(0.5 * (cov + cov.T)) * math.sqrt(n)
         mu = flatten_states(eq.states)
         for sign in (1.0, -1.0):
             for k in range(n):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._linalg import checked_solve
+from .._linalg import checked_solve, spectral_norm
 from ..reference import compare
 from .action import DiscreteAction, TrackingCost
 from .ep import action_ep, implicit_action_gradient
@@ -134,7 +134,7 @@ def response_gain(action: DiscreteAction, Q: Tensor, x: Tensor | None, y: Tensor
     hes = action_hessian(action, Q, x, None, 0.0, ends).double()
     pc = action_hessian(action, Q, x, y, 1.0, ends).double() - hes
     m = checked_solve(hes, pc)
-    return float(torch.linalg.matrix_norm(m, 2).max())
+    return float(spectral_norm(m).max())
 
 
 def gradient_check(seed: int = 0, dtype: torch.dtype = torch.float64,

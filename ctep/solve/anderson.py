@@ -40,6 +40,7 @@ import numbers
 import torch
 from torch import Tensor
 
+from .._linalg import cholesky_solve_ex
 from .._states import States, flatten_states, unflatten_states
 from ..energies.base import Energy
 
@@ -163,9 +164,9 @@ class AndersonStep:
         shift = torch.where(v, lam.unsqueeze(1), torch.ones_like(lam).unsqueeze(1))
         gram = gram + torch.diag_embed(shift)
         rhs = torch.where(v, rhs, torch.zeros((), dtype=rhs.dtype, device=rhs.device))
-        chol, info = torch.linalg.cholesky_ex(gram)
-        gamma = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
-        ok = (info == 0).unsqueeze(1) & torch.isfinite(gamma)
+        gamma, factored = cholesky_solve_ex(gram, rhs.unsqueeze(2))
+        gamma = gamma.squeeze(2)
+        ok = factored.unsqueeze(1) & torch.isfinite(gamma)
         return torch.where(ok & v, gamma, torch.zeros((), dtype=gamma.dtype, device=gamma.device))
 
 
