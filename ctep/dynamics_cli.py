@@ -208,10 +208,9 @@ def _record_and_write(args, field, x, y, source, relax_cfg):
         plot_trajectories,
     )
     from .record import layer_states, record_relaxation, save_dataset
-    from .solve import Status
-    from .solve.config import ADAPTIVE_METHODS
+    from .solve import Status, get_method
 
-    if relax_cfg.method in ADAPTIVE_METHODS and args.times is None:
+    if not get_method(relax_cfg.method).records_check_times and args.times is None:
         raise ValueError(f"method {relax_cfg.method} gives every sample its own time steps, so "
                          "it records only on a time grid: pass --times (or --method exp_euler "
                          "or a torchdiffeq method)")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .record import check_layer
-from .solve.config import MAP_METHODS
+from .solve import RelaxConfig, get_method
 
 
 def _time_label(ds) -> str:
@@ -20,9 +20,12 @@ def _time_label(ds) -> str:
     axis counts iterations)."""
     import json
 
-    method = ds.attrs.get("method", "")
     dt = json.loads(ds.attrs.get("relax_config", "{}")).get("dt")
-    return "iteration" if method in MAP_METHODS and dt is None else "time t"
+    try:
+        method = get_method(ds.attrs.get("method", ""))
+    except ValueError:  # a file written with a method this session has not registered
+        return "time t"
+    return "iteration" if method.counts_iterations(RelaxConfig(dt=dt)) else "time t"
 
 
 def _figure(width: float, height: float):

@@ -57,22 +57,14 @@ import pathlib
 from collections.abc import Sequence
 
 import torch
-import torchdiffeq
 from torch import Tensor
 
 from ._io import atomic_write
 from ._nudge import real_beta
 from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
-from .solve import RelaxationError, RelaxConfig, Status, available_methods, relax
-from .solve.config import ADAPTIVE_METHODS, LOOP_METHODS
-from .solve.relax import (
-    _Guarded,
-    default_tolerances,
-    initial_states,
-    loop_steps,
-    odeint_options,
-)
+from .energies._memo import forget_input_memo
+from .solve import RelaxConfig, Status, get_method, relax
 
 #: (drive τ ⊙ ds/dt per layer, residual ‖drive‖∞, F = E + β·ℓ) at every stored state
 #: ``(K, B, ...)``: what :func:`path_quantities` returns
@@ -120,10 +112,8 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         field.cost.check_targets(y, x.shape[0])
     bound = field.bind(x, y, beta)
     cfg = config.replace(record=True, polish=0)
-    if cfg.method not in available_methods():  # before torchdiffeq's own message on a grid
-        raise ValueError(f"unknown relaxation method {cfg.method!r}; known: "
-                         f"{', '.join(available_methods())}")
-    if times is None and cfg.method in ADAPTIVE_METHODS:
+    method = get_method(cfg.method)  # before torchdiffeq's own message on a grid
+    if times is None and not method.records_check_times:
         raise ValueError(f"method {cfg.method!r} steps every sample with its own step size, so "
                          "there are no common check times to record: pass a time grid "
                          "(times=...) or use exp_euler or a torchdiffeq method")
@@ -134,14 +124,16 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         stats = {"status": eq.status, "nfe": eq.nfe, "steps": eq.steps, "t_stop": eq.t}
         mode, message = "check_times", eq.message
     else:
-        grid = _check_times(times)
-        if cfg.method in ADAPTIVE_METHODS:
-            states, quantities, stats = _adaptive_on_grid(bound, s0, cfg, grid)
-        elif cfg.method in LOOP_METHODS:
-            states, quantities, stats = _loop_on_grid(bound, s0, cfg, grid)
-        else:
-            states, quantities, stats = _odeint_on_grid(bound, s0, cfg, grid)
-        t, mode, message = grid, "time_grid", ""
+        t = _check_times(times)
+        forget_input_memo(field.energy)  # as relax does: terms of the current weights
+        path = method.on_grid(bound, s0, cfg, t)
+        states = path.states
+        quantities = _path_quantities(bound, states)
+        status = _grid_status(states, quantities[1][-1], cfg)
+        t_stop = (_stop_times(states, status, t, cfg.diverge_at) if path.t_diverged is None
+                  else torch.where(status == int(Status.DIVERGED), path.t_diverged, t[-1]))
+        stats = {"status": status, "nfe": path.nfe, "steps": path.steps, "t_stop": t_stop}
+        mode, message = "time_grid", ""
     return _to_dataset(bound, t, states, quantities, stats, cfg, mode, message, ids)
 
 
@@ -168,95 +160,6 @@ def _check_times(times: Sequence[float] | Tensor) -> Tensor:
     if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
         raise ValueError("times must be strictly increasing")
     return t
-
-
-def _loop_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
-                  grid: Tensor) -> tuple[States, PathQuantities, dict]:
-    """A loop method at tolerance 0 up to the last grid time; the iterates at the grid times,
-    their :data:`PathQuantities` and the statistics (status, nfe, steps, t_stop)."""
-    step = loop_steps(bound, cfg)[1]
-    n = torch.round(grid / step)
-    if not bool(torch.allclose(n * step, grid, rtol=1e-9, atol=1e-12)):
-        raise ValueError(f"method {cfg.method!r} steps by {step:g}: every requested time must "
-                         f"be a whole number of steps (got {grid.tolist()[:5]}...)")
-    eq = relax(bound, s0, cfg.replace(tol=0.0, max_steps=max(int(n[-1]), 1), check_every=1))
-    times, states = eq.trajectory.times, eq.trajectory.states
-    pick = []
-    for t in grid.tolist():
-        hit = torch.nonzero(torch.isclose(times, torch.tensor(t, dtype=torch.float64),
-                                          rtol=1e-9, atol=1e-12)).flatten()
-        if hit.numel() == 0:
-            raise RelaxationError(f"the {cfg.method} loop recorded no state at t = {t:g} "
-                                  "(did the step size differ from the one assumed?)")
-        pick.append(int(hit[-1]))
-    states = tuple(s[pick] for s in states)
-    quantities = _path_quantities(bound, states)
-    status = _grid_status(states, quantities[1][-1], cfg)
-    stats = {"status": status, "nfe": eq.nfe, "steps": eq.steps,
-             "t_stop": torch.where(status == int(Status.DIVERGED), eq.t, grid[-1])}
-    return states, quantities, stats
-
-
-def _odeint_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
-                    grid: Tensor) -> tuple[States, PathQuantities, dict]:
-    """``torchdiffeq.odeint`` over the whole batch with output at the grid times; the states,
-    their :data:`PathQuantities` and the statistics."""
-    energy = bound.energy
-    s0 = initial_states(bound, s0)
-    tau_min = min(float((1 / it).min()) for it in bound.inv_tau)
-    rtol, atol = default_tolerances(cfg)
-    options = odeint_options(cfg, tau_min)
-    prepend = float(grid[0]) > 0
-    span = torch.cat([grid.new_zeros(1), grid]) if prepend else grid
-    func = _Guarded(bound, cfg.diverge_at)  # relax's guard: beyond diverge_at, frozen
-    try:
-        with torch.no_grad():
-            sol = torchdiffeq.odeint(func, s0, span.to(s0[0].device), method=cfg.method,
-                                     rtol=rtol, atol=atol, options=options)
-    except (AssertionError, RuntimeError) as err:
-        raise RelaxationError(f"torchdiffeq ({cfg.method}) failed on the time grid "
-                              f"[0, {float(grid[-1]):g}]: {err}") from err
-    states = tuple(s[1:] if prepend else s for s in sol)
-    k, b = grid.numel(), s0[0].shape[0]
-    flat = tuple(energy.clamp(tuple(s.reshape(k * b, *s.shape[2:]) for s in states)))
-    states = tuple(s.reshape(k, b, *s.shape[1:]) for s in flat)
-    quantities = _path_quantities(bound, states)
-    status = _grid_status(states, quantities[1][-1], cfg)
-    nfe = torch.full((b,), bound.nfe, dtype=torch.int64)
-    stats = {"status": status, "nfe": nfe, "steps": torch.full((b,), k, dtype=torch.int64),
-             "t_stop": _stop_times(states, status, grid, cfg.diverge_at)}
-    return states, quantities, stats
-
-
-def _adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
-                      grid: Tensor) -> tuple[States, PathQuantities, dict]:
-    """rk23 / etd2 from each grid time to the next, every sample with its own step sizes
-    (:func:`ctep.solve.adaptive.integrate_adaptive`, error control from ``cfg``: rtol, atol,
-    ``dt`` as the first step, ``max_steps`` per interval)."""
-    from .solve.adaptive import integrate_adaptive, tolerances
-
-    rtol, atol = tolerances(cfg)
-    s = initial_states(bound, s0)
-    out, t_prev, nfe, steps = [], 0.0, 0, 0
-    for t in grid.tolist():
-        if t > t_prev:
-            try:
-                run = integrate_adaptive(bound, s, t - t_prev, method=cfg.method, rtol=rtol,
-                                         atol=atol, first_step=cfg.dt, max_steps=cfg.max_steps)
-            except RuntimeError as err:
-                raise RelaxationError(f"{cfg.method} failed on the time grid between "
-                                      f"t = {t_prev:g} and {t:g}: {err}") from err
-            s, nfe, steps = run.states, nfe + run.nfe, steps + run.steps
-        out.append(s)
-        t_prev = t
-    states = tuple(torch.stack([o[k] for o in out]) for k in range(len(s)))
-    quantities = _path_quantities(bound, states)
-    status = _grid_status(states, quantities[1][-1], cfg)
-    b = s[0].shape[0]
-    stats = {"status": status, "nfe": torch.full((b,), nfe, dtype=torch.int64),
-             "steps": torch.full((b,), steps, dtype=torch.int64),
-             "t_stop": _stop_times(states, status, grid, cfg.diverge_at)}
-    return states, quantities, stats
 
 
 def _stop_times(states: States, status: Tensor, grid: Tensor, limit: float) -> Tensor:

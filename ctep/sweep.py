@@ -58,9 +58,8 @@ import xarray as xr
 from ._io import atomic_write_text
 from ._lock import folder_lock
 from .record import save_dataset
-from .solve import RelaxationError
-from .solve.config import MAP_METHODS
-from .solve.relax import per_neuron_steps
+from .solve import RelaxationError, get_method
+from .solve.loops import per_neuron_steps
 from .train import TrainConfig, Trainer, TrainingDiverged
 from .train.batches import load_train_data
 from .train.checkpoint import CHECKPOINT_NAME
@@ -289,7 +288,7 @@ def _run_point(cfg: TrainConfig, point: dict[str, Any], rid: str, folder: pathli
 
 def _tau_summary(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
     """τmax/τmin of the run's draw, and the mean over neurons of the step the discrete map
-    takes, plain or Anderson-accelerated (:func:`~ctep.solve.relax.per_neuron_steps`,
+    takes, plain or Anderson-accelerated (:func:`~ctep.solve.loops.per_neuron_steps`,
     h_i = min(1, damping·dt/τ_i), with ``relax.dt``; else the τ-free damping; NaN for other
     methods)."""
     import torch
@@ -297,10 +296,11 @@ def _tau_summary(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
     tau = tuple(t.detach() for t in trainer.field.tau())
     taus = torch.cat([t.reshape(-1).double().cpu() for t in tau])
     r = cfg.relax
-    if r.method in MAP_METHODS and r.dt > 0:  # the steps the run took, in its dtype
+    is_map = get_method(r.method).family == "map"
+    if is_map and r.dt > 0:  # the steps the run took, in its dtype
         h = per_neuron_steps(tau, r.dt, r.damping)
         step = float(torch.cat([x.reshape(-1).double().cpu() for x in h]).mean())
-    elif r.method in MAP_METHODS:
+    elif is_map:
         step = r.damping
     else:
         step = math.nan

@@ -185,8 +185,9 @@ def test_a_restart_drops_the_whole_history():
     """After a restart a sample's history is empty: its next step is the plain map step
     G(s) from the restart point, not mixed with the secant pair that spans the abandoned
     iterate. The other sample of the batch keeps iterating as if nothing happened."""
+    from ctep.solve._book import initial_states
     from ctep.solve.anderson import AndersonStep
-    from ctep.solve.relax import initial_states, loop_steps
+    from ctep.solve.loops import map_steps as loop_steps
 
     field, x, y = problem(activation="tanh", tau="lognormal", tau_spread=0.5, batch=2)
     bound = field.bind(x, y, 0.5)
@@ -216,8 +217,9 @@ def test_a_restart_drops_the_whole_history():
 def test_restart_counts_follow_each_sample_out_of_the_batch():
     """``restarts()`` reports per sample of the full batch: counts of samples that have left
     the working batch (``keep``) are kept, those still working keep counting."""
+    from ctep.solve._book import initial_states
     from ctep.solve.anderson import AndersonStep
-    from ctep.solve.relax import initial_states, loop_steps
+    from ctep.solve.loops import map_steps as loop_steps
 
     field, x, y = problem(activation="tanh", batch=3)
     bound = field.bind(x, y, 0.5)

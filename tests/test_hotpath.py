@@ -121,8 +121,8 @@ def test_leaving_samples_reuse_the_input_term(monkeypatch, name, method):
     assert keys == (2 if name == "hopfield-resnet" else 1)
     assert computed["n"] == keys, computed
     # against recomputing for every working batch
-    relax_module = importlib.import_module("ctep.solve.relax")  # ctep.solve.relax is relax()
-    monkeypatch.setattr(relax_module, "restrict_input_memo", lambda *a: None)
+    book_module = importlib.import_module("ctep.solve._book")
+    monkeypatch.setattr(book_module, "restrict_input_memo", lambda *a: None)
     energy.__dict__[_memo.MEMO_ATTRIBUTE].clear()
     computed["n"] = 0
     again = relax(field.bind(x), s0, method=method, tol=1e-8, max_steps=20_000, check_every=1)

@@ -8,7 +8,7 @@ import torch
 
 from ctep import DenseHopfield, Status, TimeConstants, VectorField, relax
 from ctep._linalg import checked_eigvalsh
-from ctep.solve.relax import per_neuron_steps
+from ctep.solve.loops import per_neuron_steps
 from ctep.train import load_config
 from ctep.train.baselines import unrolled
 from ctep.train.build import build_tau, relax_configs

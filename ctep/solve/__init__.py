@@ -1,18 +1,34 @@
 """Relaxation to equilibrium."""
 
-from .config import LOOP_METHODS, RelaxConfig
-from .equilibrium import Equilibrium, RelaxationError, Status, Trajectory
-from .relax import TORCHDIFFEQ_METHODS, available_methods, newton_polish, relax
+from ._torchdiffeq import TORCHDIFFEQ_METHODS
+from .config import RelaxConfig
+from .equilibrium import Equilibrium, GridPath, RelaxationError, Status, Trajectory
+from .methods import (
+    FAMILIES,
+    Method,
+    available_methods,
+    get_method,
+    methods_of,
+    register_method,
+    unregister_method,
+)
+from .relax import newton_polish, relax
 
 __all__ = [
-    "LOOP_METHODS",
+    "FAMILIES",
     "TORCHDIFFEQ_METHODS",
     "Equilibrium",
+    "GridPath",
+    "Method",
     "RelaxConfig",
     "RelaxationError",
     "Status",
     "Trajectory",
     "available_methods",
+    "get_method",
+    "methods_of",
     "newton_polish",
+    "register_method",
     "relax",
+    "unregister_method",
 ]

@@ -52,8 +52,9 @@ from torch import Tensor
 
 from .._states import States, per_sample_max_abs, select_samples
 from ..dynamics import BoundField
-from .config import RelaxConfig
-from .equilibrium import Equilibrium, Status
+from ._book import Book, finish_samples, initial_states, restrict_field
+from .config import RelaxConfig, default_tolerances
+from .equilibrium import Equilibrium, GridPath, RelaxationError, Status
 
 #: step-size controller: safety factor and the clamps on the change of h per step
 SAFETY = 0.9
@@ -353,8 +354,6 @@ def tolerances(cfg: RelaxConfig) -> tuple[float, float]:
     start, a neuron held at the box's edge by the projection) has no relative scale, so with
     atol = 0 its error ratio is 0/0 or e/0 and every step of the sample would be rejected.
     """
-    from .relax import default_tolerances  # relax dispatches here: import late
-
     rtol, atol = default_tolerances(cfg)
     if not (rtol >= 0 and atol > 0 and math.isfinite(rtol + atol)):
         raise ValueError(f"rk23/etd2 need a finite rtol ≥ 0 and a finite atol > 0 (a state "
@@ -430,8 +429,6 @@ def relax_adaptive(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibri
     per-sample heuristic of :func:`initial_step`, one evaluation). ``t`` is each sample's own
     time; ``nfe`` and ``steps`` count attempted steps (rejected ones included).
     """
-    from .relax import _Book, _finish, _sub_field  # relax dispatches here: import late
-
     if cfg.method not in SCHEMES:
         raise ValueError(f"unknown adaptive method {cfg.method!r}; known: {', '.join(SCHEMES)}")
     if cfg.record:
@@ -448,7 +445,7 @@ def relax_adaptive(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibri
     if cfg.dt is not None and not (cfg.dt > 0 and math.isfinite(cfg.dt)):
         raise ValueError(f"dt (the first step) must be positive and finite, got {cfg.dt}")
     batch = s0[0].shape[0]
-    book = _Book(s0, False)
+    book = Book(s0, False)
     idx = torch.arange(batch, device=s0[0].device)
     run = _Stepper(SCHEMES[cfg.method], field, s0, rtol, atol, cfg.dt)
     check = cfg.check_every if cfg.check_every > 0 else cfg.max_steps + 1
@@ -458,7 +455,7 @@ def relax_adaptive(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibri
         if step % check == 0 or step == cfg.max_steps:
             count = (step, run.nfe)
             r = per_sample_max_abs(run.d)
-            keep = _finish(book, idx, run.s, r, cfg.tol, cfg.diverge_at, run.t, count)
+            keep = finish_samples(book, idx, run.s, r, cfg.tol, cfg.diverge_at, run.t, count)
             failed = keep & (run.h < h_min)
             out_of_time = keep & (run.t >= max_time)
             stop = (keep if step == cfg.max_steps else failed | out_of_time)
@@ -469,7 +466,7 @@ def relax_adaptive(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibri
                 keep = keep & ~stop
             if not bool(keep.all()):
                 idx = idx[keep]
-                run.keep(keep, _sub_field(field, idx, batch))
+                run.keep(keep, restrict_field(field, idx, batch))
             if not idx.numel():
                 break
         run.step(max_time)
@@ -537,3 +534,28 @@ def integrate_adaptive(field: BoundField, s0: States, t_end: float, *, method: s
             raise RuntimeError(f"{int((run.t < t_end).sum())} sample(s) did not reach t = "
                                f"{t_end:g} within {max_steps} steps")
     return Integration(run.s, run.t, run.nfe, steps, run.rejected)
+
+
+def adaptive_on_grid(bound: BoundField, s0: States | None, cfg: RelaxConfig,
+                     grid: Tensor) -> GridPath:
+    """rk23 / etd2 from each grid time to the next, every sample with its own step sizes
+    (:func:`ctep.solve.adaptive.integrate_adaptive`, error control from ``cfg``: rtol, atol,
+    ``dt`` as the first step, ``max_steps`` per interval)."""
+    rtol, atol = tolerances(cfg)
+    s = initial_states(bound, s0)
+    out, t_prev, nfe, steps = [], 0.0, 0, 0
+    for t in grid.tolist():
+        if t > t_prev:
+            try:
+                run = integrate_adaptive(bound, s, t - t_prev, method=cfg.method, rtol=rtol,
+                                         atol=atol, first_step=cfg.dt, max_steps=cfg.max_steps)
+            except RuntimeError as err:
+                raise RelaxationError(f"{cfg.method} failed on the time grid between "
+                                      f"t = {t_prev:g} and {t:g}: {err}") from err
+            s, nfe, steps = run.states, nfe + run.nfe, steps + run.steps
+        out.append(s)
+        t_prev = t
+    states = tuple(torch.stack([o[k] for o in out]) for k in range(len(s)))
+    b = s[0].shape[0]
+    return GridPath(states, torch.full((b,), nfe, dtype=torch.int64),
+                    torch.full((b,), steps, dtype=torch.int64))

@@ -4,13 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-#: ctep's per-sample adaptive integrators (ctep.solve.adaptive: own step size per sample)
-ADAPTIVE_METHODS = ("rk23", "etd2")
-#: iterations of the map s ← clamp(s + h ⊙ drive(s)): plain, or Anderson-accelerated
-MAP_METHODS = ("fixed_point", "anderson")
-#: ctep's own batched loops (τ-aware where it matters, per-sample stopping, no torchdiffeq)
-LOOP_METHODS = (*MAP_METHODS, "exp_euler", *ADAPTIVE_METHODS)
-
 
 @dataclass(frozen=True)
 class RelaxConfig:
@@ -78,3 +71,11 @@ class RelaxConfig:
     def replace(self, **changes) -> RelaxConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+
+def default_tolerances(cfg: RelaxConfig) -> tuple[float, float]:
+    """(rtol, atol) of the error-controlled methods (torchdiffeq's, ``rk23``, ``etd2``): the
+    config's, or rtol = min(1e-3, tol) and atol = tol/10, floored at 1e-13 and 1e-15."""
+    rtol = cfg.rtol if cfg.rtol is not None else min(1e-3, max(cfg.tol, 1e-13))
+    atol = cfg.atol if cfg.atol is not None else max(0.1 * cfg.tol, 1e-15)
+    return rtol, atol

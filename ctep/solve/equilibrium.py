@@ -34,6 +34,24 @@ class Trajectory:
 
 
 @dataclass
+class GridPath:
+    """Every sample's states at the times of a grid (what a method's ``on_grid`` returns).
+
+    Attributes:
+        states: ``states[l]`` of shape ``(K, B, *shape_l)``, one row per grid time.
+        nfe, steps: field evaluations and solver steps per sample, shape ``(B,)``.
+        t_diverged: for methods that check every step, the time at which each sample stopped
+            (read for DIVERGED samples); None: the first grid time at which a sample's states
+            are non-finite or beyond the divergence threshold is used.
+    """
+
+    states: States
+    nfe: Tensor
+    steps: Tensor
+    t_diverged: Tensor | None = None
+
+
+@dataclass
 class Equilibrium:
     """The end of a relaxation, batch first.
 

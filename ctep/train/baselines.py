@@ -15,7 +15,7 @@ from torch import Tensor
 from .._states import States
 from ..dynamics import VectorField
 from ..energies import DenseHopfield
-from ..solve.relax import per_neuron_steps
+from ..solve.loops import per_neuron_steps
 
 
 def feedforward(field: VectorField, x: Tensor) -> States:
