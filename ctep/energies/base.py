@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -49,6 +51,14 @@ class Energy(nn.Module):
         Defaults to :meth:`drive`. Newton polishing and implicit differentiation use it.
         """
         return self.drive(x, states, nudge)
+
+    def param_grads(self, x: Tensor, phases: Sequence[tuple[Tensor, States]]
+                    ) -> tuple[Tensor, ...] | None:
+        """∂/∂θ Σ_k Σ_b w_{k,b} E(x_b, s_{k,b}; θ) in closed form, one tensor per parameter in
+        :meth:`parameters` order, for ``phases`` of (per-sample weights w_k of shape ``(B,)``,
+        detached real states s_k); or None where no closed form is given (the estimators then
+        use autograd)."""
+        return None
 
     def clamp(self, states: States) -> States:
         """Project states onto their domain (identity unless activations are clipped)."""

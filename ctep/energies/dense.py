@@ -100,6 +100,25 @@ class DenseHopfield(LayeredEnergy):
         memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
         return memoised(memo, 0, (x, w, b), lambda: torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype)))
 
+    def param_grads(self, x: Tensor, phases: Sequence[tuple[Tensor, States]]
+                    ) -> tuple[Tensor, ...]:
+        """∂E/∂θ = −∂Φ/∂θ with r_0 = x and r the layer activities of each phase:
+
+            ∂/∂W_l Σ_k Σ_b w_{k,b} E = −Σ_k (w_k ⊙ r_{k,l+1})ᵀ r_{k,l},
+            ∂/∂b_l Σ_k Σ_b w_{k,b} E = −Σ_k Σ_b w_{k,b} r_{k,l+1,b},
+
+        returned in :meth:`parameters` order (every weight, then every bias)."""
+        gw = [torch.zeros_like(w) for w in self.weights]
+        gb = [torch.zeros_like(b) for b in self.biases]
+        for weight, states in phases:
+            r = self._activities(states)
+            below = (x.to(r[0].dtype), *r[:-1])
+            for layer, (lo, hi) in enumerate(zip(below, r, strict=True)):
+                hw = hi * weight.to(hi.dtype).unsqueeze(1)
+                gw[layer].sub_((hw.T @ lo).to(gw[layer].dtype))
+                gb[layer].sub_(hw.sum(0).to(gb[layer].dtype))
+        return (*gw, *gb)
+
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
