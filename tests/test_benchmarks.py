@@ -155,3 +155,14 @@ def test_lapack_threads_smoke_run():
     (hazard,) = result["hazard"]
     assert hazard["call"] == "checked_solve" and hazard["outcome"] == "ok"
     assert hazard["bad_solutions"] == 0 and hazard["mkl_errors"] == 0
+
+
+def test_floor_loop_is_the_trainers_arithmetic():
+    """The minimal loop of benchmarks/floor.py makes the trainer's update: after one batch from
+    the same weights they agree to float32 round-off (otherwise its timings mean nothing)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--check-only",
+                          "--json"], capture_output=True, text=True, timeout=300, check=True)
+    rows = json.loads(out.stdout)
+    assert [r["row"] for r in rows] == ["mnist-512", "fmnist-256-256"]
+    for r in rows:
+        assert 0 <= r["check_rel_diff"] < 1e-5, r
