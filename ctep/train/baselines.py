@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._states import States
@@ -26,7 +27,7 @@ def feedforward(field: VectorField, x: Tensor) -> States:
     r = x
     out = []
     for w, b, act in zip(energy.weights, energy.biases, energy.activations, strict=True):
-        r = act(r @ w.T + b)
+        r = act(torch.addmm(b, r, w.T))  # one fused product and bias, as nn.Linear
         out.append(r)
     return tuple(out)
 
