@@ -28,6 +28,8 @@ from ..energies._memo import forget_input_memo, restrict_input_memo
 from .anderson import AndersonStep
 from .config import ADAPTIVE_METHODS, LOOP_METHODS, MAP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
+from .map_step import map_step, map_step_sizes
+from .map_step import per_neuron_steps as per_neuron_steps  # re-exported (ctep.sweep uses it)
 
 TORCHDIFFEQ_METHODS = tuple(sorted(SOLVERS))
 #: torchdiffeq's fixed-grid methods take a step size (dt) instead of tolerances
@@ -192,44 +194,20 @@ def _sub_field(field: BoundField, idx: Tensor, full_batch: int) -> BoundField:
     return BoundField(field.field, x, y, field.beta)
 
 
-def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
-                     ) -> tuple[Tensor, ...]:
-    """Steps of the discrete map with per-neuron time constants: h_i = min(1, damping·dt/τ_i).
-
-    The map s ← s + h ⊙ drive(s) is then forward Euler with step damping·dt on
-    τ ⊙ ds/dt = drive, clipped at h_i = 1: in the primitive form a unit step is the plain map
-    s_i ← σ(∂Φ/∂s_i) for that neuron, and beyond 1 the step overshoots it. The clip comes after
-    the damping, so neurons with damping·dt/τ_i ≥ 1 take the undamped step 1. Its fixed points
-    are those of the flow for every τ; its stability needs λ_max(D_h^{1/2} H D_h^{1/2}) < 2
-    (THEORY §2.1).
-    """
-    return tuple(torch.clamp((dt / t.detach()) * damping, max=1.0) for t in taus)
-
-
 def loop_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
     """(h per layer, time per iteration) of a loop method: ``fixed_point`` (and the map that
-    ``anderson`` accelerates) h = damping and time 1
-    (τ-free), or with ``dt`` h_i = min(1, damping·dt/τ_i) and time damping·dt; ``exp_euler``
-    h = 1 − exp(−dt/τ) and time dt (default τ_min)."""
+    ``anderson`` accelerates) those of :func:`~ctep.solve.map_step.map_step_sizes` (h = damping
+    and time 1, τ-free, or with ``dt`` h_i = min(1, damping·dt/τ_i) and time damping·dt);
+    ``exp_euler`` h = 1 − exp(−dt/τ) and time dt (default τ_min)."""
     if cfg.method in MAP_METHODS:
-        if not 0 < cfg.damping <= 1:
-            raise ValueError(f"{cfg.method} damping must lie in (0, 1], got {cfg.damping}")
-        if cfg.dt is None:  # τ-free: one scalar step for every neuron
-            h: tuple = (cfg.damping,) * len(field.inv_tau)
-            time_per_step = 1.0
-        else:  # per-neuron steps h_i = min(1, damping·dt/τ_i) (THEORY §2.1)
-            if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
-                raise ValueError(f"{cfg.method} dt must be positive and finite, got {cfg.dt}")
-            h = per_neuron_steps(tuple(field.field.tau()), cfg.dt, cfg.damping)
-            time_per_step = cfg.damping * cfg.dt  # an Euler step of damping·dt in time
-    else:  # exp_euler: h = 1 − exp(−dt/τ), exact for the unit leak
-        tau_min = min(float((1 / it).min()) for it in field.inv_tau)
-        dt = cfg.dt if cfg.dt is not None else tau_min
-        if not dt > 0:
-            raise ValueError(f"dt must be positive, got {dt}")
-        h = tuple(-torch.expm1(-dt * it) for it in field.inv_tau)
-        time_per_step = dt
-    return h, time_per_step
+        return map_step_sizes(field.field.tau, cfg.damping, cfg.dt, cfg.method)
+    # exp_euler: h = 1 − exp(−dt/τ), exact for the unit leak
+    tau_min = min(float((1 / it).min()) for it in field.inv_tau)
+    dt = cfg.dt if cfg.dt is not None else tau_min
+    if not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt}")
+    h = tuple(-torch.expm1(-dt * it) for it in field.inv_tau)
+    return h, dt
 
 
 def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
@@ -238,7 +216,6 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
     energy = field.energy
     batch = s0[0].shape[0]
     h, time_per_step = loop_steps(field, cfg)
-    unit_step = tuple(not torch.is_tensor(hh) and hh == 1 for hh in h)
     mixer = (AndersonStep(energy, h, s0, cfg.memory, cfg.anderson_reg, cfg.anderson_restart)
              if cfg.method == "anderson" else None)
     book = _Book(s0, cfg.record)
@@ -271,8 +248,7 @@ def _relax_loop(field: BoundField, s0: States, cfg: RelaxConfig) -> Equilibrium:
         if mixer is not None:
             s = mixer(s, d)
         else:
-            s = energy.clamp(tuple(x + dd if unit else x + hh * dd  # 1·d is d: skip the product
-                                   for x, hh, dd, unit in zip(s, h, d, unit_step, strict=True)))
+            s = map_step(energy, s, d, h)
         step += 1
     t_end = step * time_per_step
     if cfg.record and (not book.rec_t or book.rec_t[-1] != t_end):  # not already at a check
