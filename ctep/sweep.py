@@ -59,7 +59,7 @@ from ._io import atomic_write_text
 from ._lock import folder_lock
 from .record import save_dataset
 from .solve import RelaxationError, get_method
-from .solve.loops import per_neuron_steps
+from .solve.map_step import per_neuron_steps
 from .train import TrainConfig, Trainer, TrainingDiverged
 from .train.batches import load_train_data
 from .train.checkpoint import CHECKPOINT_NAME
@@ -288,7 +288,7 @@ def _run_point(cfg: TrainConfig, point: dict[str, Any], rid: str, folder: pathli
 
 def _tau_summary(trainer: Trainer, cfg: TrainConfig) -> dict[str, float]:
     """τmax/τmin of the run's draw, and the mean over neurons of the step the discrete map
-    takes, plain or Anderson-accelerated (:func:`~ctep.solve.loops.per_neuron_steps`,
+    takes, plain or Anderson-accelerated (:func:`~ctep.solve.map_step.per_neuron_steps`,
     h_i = min(1, damping·dt/τ_i), with ``relax.dt``; else the τ-free damping; NaN for other
     methods)."""
     import torch

@@ -153,7 +153,7 @@ def run_verification(cfg: VerifyConfig) -> dict:
     sign_agreement, max_abs_error, per_parameter``; with ``cfg.gdu`` also ``"gdu"``
     (:meth:`ctep.reference.gdu.GDUResult.to_dict` plus ``max_rel_rmse`` per layer over the
     resolved steps), computed with the relaxation's map (h = its damping) or, with
-    ``cfg.gdu_dt``, explicit Euler h = dt/τ.
+    ``cfg.gdu_dt``, the per-neuron steps h_i = min(1, damping·dt/τ_i) of ``fixed_point``.
     """
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; known: {', '.join(MODELS)}")

@@ -62,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="K, nudged steps of the GDU check (default %(default)s)")
     p.add_argument("--gdu-beta", type=float, default=d.gdu_beta,
                    help="β of the GDU check (default %(default)g)")
-    p.add_argument("--gdu-dt", type=float, default=None, help="GDU map: explicit Euler with "
-                   "h = dt/τ (default: the relaxation's map, h = its damping)")
+    p.add_argument("--gdu-dt", type=float, default=None, help="GDU map: per-neuron steps "
+                   "h_i = min(1, damping·dt/τ_i) with the relaxation's damping, as fixed_point "
+                   "with dt steps (default: the relaxation's τ-free map, h = its damping)")
     p.add_argument("--gdu-centered", action="store_true",
                    help="GDU with ±β phases (error O(β²) instead of O(β))")
     p.add_argument("--out", default=None, help="folder for verify.nc (xarray/netCDF) and "

@@ -8,9 +8,8 @@ import torch
 
 from ctep import DenseHopfield, Status, TimeConstants, VectorField, relax
 from ctep._linalg import checked_eigvalsh
-from ctep.solve.loops import per_neuron_steps
+from ctep.solve.map_step import per_neuron_steps
 from ctep.train import load_config
-from ctep.train.baselines import unrolled
 from ctep.train.build import build_tau, relax_configs
 
 
@@ -161,19 +160,6 @@ def test_training_config_tau_normalize_and_relax_dt():
         load_config(None, ["tau.normalize=\"median\""])
     with pytest.raises(ValueError, match="relax.dt must be ≥ 0"):
         load_config(None, ["relax.dt=-0.1"])
-
-
-def test_bptt_baseline_unrolls_the_same_per_neuron_map():
-    energy = _net(activation="tanh")
-    field = VectorField(energy, "squared_error", TimeConstants.sample(
-        energy.state_shapes, "lognormal", 1.0, 0.8, seed=1, dtype=torch.float64))
-    x, _ = _inputs()
-    with torch.no_grad():
-        graph = unrolled(field, x, 15, damping=0.9, dt=0.6)
-    loop = relax(field.bind(x), method="fixed_point", dt=0.6, damping=0.9, tol=0.0,
-                 max_steps=15, check_every=0)
-    for a, b in zip(graph, loop.states, strict=True):
-        assert torch.allclose(a, b, atol=1e-14, rtol=0)
 
 
 def test_bptt_training_unrolls_the_per_neuron_map():

@@ -5,7 +5,8 @@ aligned with ``field.learnable_parameters()``) and is registered in :data:`REFER
 name, so ``ctep verify --references`` can take it:
 
 * ``implicit``: implicit differentiation at the free equilibrium (the gold reference);
-* ``bptt``: backpropagation through 500 steps of the relaxation's map from the equilibrium;
+* ``bptt``: backpropagation through 500 steps of the relaxation's map from the equilibrium
+  (its damping, and for ``fixed_point``/``anderson`` its ``dt``: the same per-neuron steps);
 * ``adjoint``: torchdiffeq ``odeint_adjoint`` of ℓ(s(T)) from the equilibrium over a horizon
   set by the slowest relaxation rate, in windows set by the fastest (smooth fields only).
 
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..dynamics import VectorField
-from ..solve import Equilibrium, RelaxConfig
+from ..solve import Equilibrium, RelaxConfig, get_method
 from .adjoint import adjoint_gradient, relaxation_rates
 from .bptt import bptt_gradient
 from .gdu import GDUResult, gdu_check
@@ -37,9 +38,12 @@ def _implicit(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
 
 def _bptt(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
           relax_config: RelaxConfig) -> tuple[Tensor, ...]:
-    """BPTT through 500 steps of the damped map (the relaxation's damping) from the free
-    equilibrium."""
-    return bptt_gradient(field, x, y, free.states, steps=500, damping=relax_config.damping)
+    """BPTT through 500 steps of the relaxation's map from the free equilibrium: its damping
+    and, when it iterates the map (``fixed_point``, ``anderson``), its ``dt``, so the steps are
+    those of :func:`~ctep.solve.map_step.map_step_sizes`; other methods get the τ-free map."""
+    dt = relax_config.dt if get_method(relax_config.method).family == "map" else None
+    return bptt_gradient(field, x, y, free.states, steps=500, damping=relax_config.damping,
+                         dt=dt)
 
 
 def _adjoint(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,

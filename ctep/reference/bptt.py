@@ -13,25 +13,23 @@ from torch import Tensor
 
 from .._states import States
 from ..dynamics import VectorField
+from ..solve.map_step import map_step_sizes, unroll
 
 
 def bptt_gradient(field: VectorField, x: Tensor, y: Tensor, start: States, *, steps: int = 500,
                   damping: float = 1.0, dt: float | None = None) -> tuple[Tensor, ...]:
-    """∇θ of the batch-mean ℓ(s_K) through K steps of s ← clamp(s + h ⊙ drive(s)).
-
-    ``h = damping`` (the τ-free map; 1 is s ← σ(∂Φ/∂s)) or, with ``dt``, ``h = dt/τ``
-    (explicit Euler of τ ds/dt = drive).
+    """∇θ of the batch-mean ℓ(s_K) through K steps of s ← clamp(s + h ⊙ drive(s)) from
+    ``start`` (detached), the steps of ``relax(method="fixed_point", dt=dt, damping=damping)``
+    (:func:`~ctep.solve.map_step.map_step_sizes`): ``h = damping`` (the τ-free map; 1 is
+    s ← σ(∂Φ/∂s)) or, with ``dt``, h_i = min(1, damping·dt/τ_i) (forward Euler of
+    τ ds/dt = drive with step damping·dt, each neuron's step clipped at 1).
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    bound = field.bind(x)
-    h = tuple(dt * it for it in bound.inv_tau) if dt is not None else (damping,) * len(start)
+    h, _ = map_step_sizes(field.tau, damping, dt, "bptt")
     params = tuple(field.learnable_parameters())
     with torch.enable_grad():
-        s = tuple(t.detach() for t in start)
-        for _ in range(steps):
-            d = bound.drive(s)
-            s = field.energy.clamp(tuple(a + hh * b for a, hh, b in zip(s, h, d, strict=True)))
+        s = unroll(field.bind(x), tuple(t.detach() for t in start), h, steps)
         loss = field.loss(s, y).mean()
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     return tuple(torch.zeros_like(p) if g is None else g.detach()

@@ -2,10 +2,12 @@
 
 Both phases run the same fixed-step map from the free equilibrium s* (detached):
 
-    M_β(s) = clamp(s + h ⊙ drive_β(s)),   h = ``damping`` (τ-free map) or h = dt/τ (Euler),
+    M_β(s) = clamp(s + h ⊙ drive_β(s)),   h = ``damping`` (τ-free) or h_i = min(1, damping·dt/τ_i),
 
-with drive_β = σ(∂Φ/∂s − β∂ℓ/∂s) − s (primitive form) or −∂F/∂s (classical form). The free
-trajectory s⁰_t and the nudged one s^β_t start at s*; the EP updates at step t = 0..K−1 are
+the steps of ``relax(method="fixed_point", dt=dt, damping=damping)``
+(:func:`ctep.solve.map_step.map_step_sizes`), with drive_β = σ(∂Φ/∂s − β∂ℓ/∂s) − s (primitive
+form) or −∂F/∂s (classical form). The free trajectory s⁰_t and the nudged one s^β_t start at
+s*; the EP updates at step t = 0..K−1 are
 
     ΔEP_s(t) = [(s^β_{t+1} − s⁰_{t+1}) − (s^β_t − s⁰_t)] / β,
     ΔEP_θ(t) = [∂θΦ(s^β_{t+1}) − ∂θΦ(s^β_t) − (∂θΦ(s⁰_{t+1}) − ∂θΦ(s⁰_t))] / β,
@@ -66,6 +68,7 @@ from .._states import States
 from ..dynamics import BoundField, VectorField
 from ..energies.base import Energy
 from ..energies.layered import LayeredEnergy
+from ..solve.map_step import map_step, map_step_sizes
 
 #: a step counts as resolved where max|BPTT| exceeds this many round-off floors
 RESOLVED = 1e4
@@ -84,7 +87,8 @@ class GDUResult:
             the EP finite difference (module docstring); elsewhere rel_rmse measures round-off.
         ep, bptt: the compared quantities per row, each of shape ``(K, ...)`` (neurons:
             ``(K, B, n_l)``); see the module docstring for the normalisation.
-        beta, steps, step: β, K, and the step h (a float or ``"dt/τ (dt=...)"``).
+        beta, steps, step: β, K, and the step h (a float, or
+            ``"min(1, damping*dt/tau) (dt=..., damping=...)"``).
     """
 
     layers: tuple[str, ...]
@@ -160,8 +164,10 @@ def gdu_check(field: VectorField, x: Tensor, y: Tensor, start: States, *, beta: 
         start: the free equilibrium (detached here; relax it tightly, residual ≪ β).
         beta: nudge strength (small: the identity is exact as β → 0).
         steps: K, the number of nudged steps (and BPTT steps back).
-        damping: h of the τ-free map (1: s ← σ(∂Φ/∂s) for the primitive form).
-        dt: if given, h = dt/τ per neuron (explicit Euler of τ ds/dt = drive) instead.
+        damping: h of the τ-free map (1: s ← σ(∂Φ/∂s) for the primitive form); with ``dt``,
+            a factor on every dt/τ_i.
+        dt: if given, h_i = min(1, damping·dt/τ_i) per neuron (forward Euler of
+            τ ds/dt = drive with step damping·dt, clipped at 1), as ``fixed_point`` steps.
         centered: use the ±β phases (error O(β²)).
     """
     if not beta > 0:
@@ -170,8 +176,7 @@ def gdu_check(field: VectorField, x: Tensor, y: Tensor, start: States, *, beta: 
         raise ValueError(f"steps must be a positive integer, got {steps}")
     steps = int(steps)
     free_field = field.bind(x)
-    h: tuple = (tuple(dt * it for it in free_field.inv_tau) if dt is not None
-                else (float(damping),) * len(start))
+    h, _ = map_step_sizes(field.tau, float(damping), dt, "gdu")
     start = tuple(s.detach() for s in start)
     energy = field.energy
     names = [n for n, _ in energy.named_parameters()]
@@ -179,7 +184,7 @@ def gdu_check(field: VectorField, x: Tensor, y: Tensor, start: States, *, beta: 
     gain = neuron_gain(field, x, start)
 
     def step(f: BoundField, s: States) -> States:
-        return energy.clamp(tuple(a + hh * d for a, hh, d in zip(s, h, f.drive(s), strict=True)))
+        return map_step(energy, s, f.drive(s), h)
 
     def trajectory(b: float) -> list[States]:
         f = field.bind(x, y, b) if b != 0 else free_field
@@ -252,6 +257,7 @@ def gdu_check(field: VectorField, x: Tensor, y: Tensor, start: States, *, beta: 
             resolved[i, t] = float(b[t].abs().max()) > RESOLVED * floors[i]
     layers = tuple(f"s{l + 1}" for l in range(n_layers)) + tuple(names)
     kinds = ("neurons",) * n_layers + ("parameters",) * len(params)
-    step_desc: float | str = f"dt/tau (dt={dt:g})" if dt is not None else float(damping)
+    step_desc: float | str = (f"min(1, damping*dt/tau) (dt={dt:g}, damping={damping:g})"
+                              if dt is not None else float(damping))
     return GDUResult(layers, kinds, rmse, sign, resolved, ep, bptt, float(beta), steps,
                      step_desc, centered)

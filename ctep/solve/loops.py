@@ -4,7 +4,6 @@ its own residual at the checks."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -16,35 +15,14 @@ from ._book import Book, finish_samples, initial_states, restrict_field
 from .anderson import AndersonStep
 from .config import RelaxConfig
 from .equilibrium import Equilibrium, GridPath, RelaxationError
-
-
-def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
-                     ) -> tuple[Tensor, ...]:
-    """Steps of the discrete map with per-neuron time constants: h_i = min(1, damping·dt/τ_i).
-
-    The map s ← s + h ⊙ drive(s) is then forward Euler with step damping·dt on
-    τ ⊙ ds/dt = drive, clipped at h_i = 1: in the primitive form a unit step is the plain map
-    s_i ← σ(∂Φ/∂s_i) for that neuron, and beyond 1 the step overshoots it. The clip comes after
-    the damping, so neurons with damping·dt/τ_i ≥ 1 take the undamped step 1. Its fixed points
-    are those of the flow for every τ; its stability needs λ_max(D_h^{1/2} H D_h^{1/2}) < 2
-    (THEORY §2.1).
-    """
-    return tuple(torch.clamp((dt / t.detach()) * damping, max=1.0) for t in taus)
+from .map_step import map_step, map_step_sizes
 
 
 def map_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
-    """(h per layer, time per iteration) of the map s ← clamp(s + h ⊙ drive(s)) that
-    ``fixed_point`` iterates and ``anderson`` accelerates: h = damping and time 1 (τ-free), or
-    with ``dt`` h_i = min(1, damping·dt/τ_i) and time damping·dt (an Euler step of damping·dt
-    on τ ⊙ ds/dt = drive, THEORY §2.1)."""
-    if not 0 < cfg.damping <= 1:
-        raise ValueError(f"{cfg.method} damping must lie in (0, 1], got {cfg.damping}")
-    if cfg.dt is None:  # τ-free: one scalar step for every neuron
-        return (cfg.damping,) * len(field.inv_tau), 1.0
-    if not (cfg.dt > 0 and math.isfinite(cfg.dt)):
-        raise ValueError(f"{cfg.method} dt must be positive and finite, got {cfg.dt}")
-    return (per_neuron_steps(tuple(field.field.tau()), cfg.dt, cfg.damping),
-            cfg.damping * cfg.dt)
+    """(h per layer, time per iteration) of the map that ``fixed_point`` iterates and
+    ``anderson`` accelerates: :func:`~ctep.solve.map_step.map_step_sizes` of the config's
+    damping and dt."""
+    return map_step_sizes(field.field.tau, cfg.damping, cfg.dt, cfg.method)
 
 
 def exp_euler_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
@@ -69,7 +47,6 @@ def relax_loop(field: BoundField, s0: States, cfg: RelaxConfig, *, steps: StepSi
     energy = field.energy
     batch = s0[0].shape[0]
     h, time_per_step = steps(field, cfg)
-    unit_step = tuple(not torch.is_tensor(hh) and hh == 1 for hh in h)
     mixer = (AndersonStep(energy, h, s0, cfg.memory, cfg.anderson_reg, cfg.anderson_restart)
              if accelerate else None)
     book = Book(s0, cfg.record)
@@ -102,8 +79,7 @@ def relax_loop(field: BoundField, s0: States, cfg: RelaxConfig, *, steps: StepSi
         if mixer is not None:
             s = mixer(s, d)
         else:
-            s = energy.clamp(tuple(x + dd if unit else x + hh * dd  # 1·d is d: skip the product
-                                   for x, hh, dd, unit in zip(s, h, d, unit_step, strict=True)))
+            s = map_step(energy, s, d, h)
         step += 1
     t_end = step * time_per_step
     if cfg.record and (not book.rec_t or book.rec_t[-1] != t_end):  # not already at a check

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._states import States
 from ..dynamics import VectorField
 from ..energies import DenseHopfield
-from ..solve.loops import per_neuron_steps
+from ..solve.map_step import map_step_sizes, unroll
 
 
 def feedforward(field: VectorField, x: Tensor) -> States:
@@ -35,17 +35,12 @@ def feedforward(field: VectorField, x: Tensor) -> States:
 def unrolled(field: VectorField, x: Tensor, steps: int, damping: float = 1.0,
              dt: float | None = None) -> States:
     """States after ``steps`` steps of the free relaxation map from zeros, with the graph kept
-    (the step is h ⊙ drive with h = ``damping``, τ-free, or with ``dt`` the per-neuron
-    h_i = min(1, damping·dt/τ_i), exactly as ``fixed_point`` steps)."""
+    (the steps of :func:`~ctep.solve.map_step.map_step_sizes`: h = ``damping``, τ-free, or with
+    ``dt`` the per-neuron h_i = min(1, damping·dt/τ_i), exactly as ``fixed_point`` steps)."""
     if steps < 1:
         raise ValueError(f"BPTT needs at least one step, got {steps}")
-    bound = field.bind(x)
+    h, _ = map_step_sizes(field.tau, damping, dt, "bptt")
     energy = field.energy
-    h: tuple = ((damping,) * len(energy.state_shapes) if dt is None
-                else per_neuron_steps(tuple(field.tau()), dt, damping))
     p = next(iter(energy.parameters()))
     s = energy.init_states(x.shape[0], dtype=p.dtype, device=x.device)
-    for _ in range(steps):
-        d = bound.drive(s)
-        s = energy.clamp(tuple(a + hh * b for a, hh, b in zip(s, h, d, strict=True)))
-    return s
+    return unroll(field.bind(x), s, h, steps)
