@@ -531,7 +531,7 @@ class LangevinEP(Estimator):
             kicks = noise(k)
             for i in range(k):
                 grads = list(Energy.grad_states(energy, x_rep, st) if autograd
-                             else energy.grad_states(x_rep, st))
+                             else energy.grad_states(x_rep, st, input_term=bound.input_term))
                 grads[-1] = grads[-1] + beta_col * bound.nudge(st)
                 st = energy.clamp(tuple(si - hi * gi + kick[i] for si, gi, hi, kick
                                         in zip(st, grads, h, kicks, strict=True)))

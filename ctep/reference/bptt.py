@@ -24,7 +24,8 @@ def bptt_gradient(field: VectorField, x: Tensor, y: Tensor, start: States, *, st
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    bound = field.bind(x)
+    with torch.enable_grad():  # the bound input term carries its graph to θ, shared by all steps
+        bound = field.bind(x)
     h = tuple(dt * it for it in bound.inv_tau) if dt is not None else (damping,) * len(start)
     params = tuple(field.learnable_parameters())
     with torch.enable_grad():

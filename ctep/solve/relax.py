@@ -24,7 +24,6 @@ from .._states import (
     unflatten_states,
 )
 from ..dynamics import BoundField
-from ..energies._memo import forget_input_memo, restrict_input_memo
 from .anderson import AndersonStep
 from .config import ADAPTIVE_METHODS, LOOP_METHODS, MAP_METHODS, RelaxConfig
 from .equilibrium import Equilibrium, Status, Trajectory
@@ -61,7 +60,6 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
     if cfg.max_steps < 1:
         raise ValueError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
     s0 = initial_states(field, s0)
-    forget_input_memo(field.energy)  # terms of the current weights (a fused step bumps no version)
     with torch.no_grad():
         if cfg.method in ADAPTIVE_METHODS:
             from .adaptive import relax_adaptive  # adaptive.py imports this module's _Book
@@ -182,14 +180,9 @@ def _finish(book: _Book, idx: Tensor, states: States, r: Tensor, tol: float, lim
 
 
 def _sub_field(field: BoundField, idx: Tensor, full_batch: int) -> BoundField:
-    """The same field restricted to samples ``idx`` (no input re-checks); the energy's memoised
-    input terms of the full batch are cut to those rows rather than recomputed."""
-    if idx.numel() == full_batch:
-        return field
-    y = None if field.y is None else field.y[idx]
-    x = field.x[idx]
-    restrict_input_memo(field.energy, field.x, x, idx)
-    return BoundField(field.field, x, y, field.beta)
+    """The same field restricted to samples ``idx`` (:meth:`BoundField.restrict`: its input term
+    and targets cut to those rows, nothing recomputed or re-checked)."""
+    return field if idx.numel() == full_batch else field.restrict(idx)
 
 
 def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
