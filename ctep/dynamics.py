@@ -160,7 +160,6 @@ class BoundField:
         return per_sample_max_abs(self.drive(states))
 
 
-
 def _input_term(energy: Energy, x: Tensor) -> InputTerm:
     """``energy.input_term(x)`` under the caller's grad mode. An inference tensor x outside
     ``torch.inference_mode`` with grad enabled is cloned first: autograd cannot save inference
