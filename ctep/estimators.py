@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ._states import States, select_samples
-from .dynamics import VectorField
+from .dynamics import BoundField, VectorField
 from .energies.base import Energy
 from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
 
@@ -109,7 +109,7 @@ class Estimator:
                  free: Equilibrium | None = None, s0: States | None = None) -> Estimate:
         """Estimate dL/dθ for the batch mean of the loss (does not touch ``.grad``)."""
         if free is None:
-            free = relax(field.bind(x), s0, self.relax)
+            free = relax(_bind(field, x), s0, self.relax)
         phases = self.phases()
         nudged = self._relax_nudged(field, x, y, free, [b for b, _ in phases])
         used = self._usable(free, nudged)
@@ -135,7 +135,7 @@ class Estimator:
     def _relax_nudged(self, field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
                       betas: Sequence[float | complex]) -> tuple[Equilibrium, ...]:
         """The nudged equilibria, each relaxed from the free one."""
-        return tuple(relax(field.bind(x, y, b), _start(free.states, b), self.nudged_relax)
+        return tuple(relax(_bind(field, x, y, b), _start(free.states, b), self.nudged_relax)
                      for b in betas)
 
     def _info(self) -> dict:
@@ -320,7 +320,7 @@ class FiniteNudgeEP(Estimator):
         out: list[Equilibrium] = []
         start = free.states
         for b in betas:
-            eq = relax(field.bind(x, y, b), start, self.nudged_relax)
+            eq = relax(_bind(field, x, y, b), start, self.nudged_relax)
             out.append(eq)
             ok = (eq.status == Status.CONVERGED) | (eq.status == Status.MAX_STEPS)
             start = select_samples(ok, eq.states, free.states)
@@ -450,7 +450,7 @@ class LangevinEP(Estimator):
         if problem:
             raise ValueError(problem)
         if free is None:
-            free = relax(field.bind(x), s0, self.relax)
+            free = relax(_bind(field, x), s0, self.relax)
         phases = self.phases()
         nudged = self._relax_nudged(field, x, y, free, [b for b, _ in phases])
         used = self._usable(free, nudged)
@@ -499,7 +499,7 @@ class LangevinEP(Estimator):
         dtype, device = ref.dtype, ref.device
         x_rep = x.repeat(n_phase * reps, *([1] * (x.dim() - 1)))
         y_rep = torch.cat([y] * (n_phase * reps))
-        bound = field.bind(x_rep, y_rep, 1.0)  # its nudge is ∂ℓ/∂s_L; β enters per row
+        bound = _bind(field, x_rep, y_rep, 1.0)  # its nudge is ∂ℓ/∂s_L; β enters per row
         beta_row = torch.cat([torch.full((group,), float(b), dtype=dtype, device=device)
                               for b, _, _ in phases])
         weight_row = torch.cat([c * keep.to(dtype) / n_used for _, c, _ in phases])
@@ -659,6 +659,15 @@ def _keyword_options(cls: type[Estimator]) -> set[str]:
             params = inspect.signature(klass.__init__).parameters.values()
             names |= {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return names
+
+
+def _bind(field: VectorField, x: Tensor, y: Tensor | None = None,
+          beta: float | complex = 0.0) -> BoundField:
+    """``field.bind`` under ``torch.no_grad``: the estimators only relax the bound field (their
+    θ-gradient is autograd of F at the equilibria), so its input term needs no graph (a
+    max-pooled input convolution would keep its pre-pooling map alive for a backward pass)."""
+    with torch.no_grad():
+        return field.bind(x, y, beta)
 
 
 def _fixed(states: States, used: Tensor) -> States:

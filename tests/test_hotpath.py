@@ -303,3 +303,32 @@ def test_bptt_through_the_bound_term_equals_recomputing_it(name):
 
 def _as_tuple(term):
     return term if isinstance(term, tuple) else (term,)
+
+
+@pytest.mark.parametrize("estimator", ["centered", "holomorphic", "finite_nudge", "langevin"])
+def test_estimators_relax_fields_without_a_graph(monkeypatch, estimator):
+    """The estimators bind under no_grad even when called with grad enabled: their relaxations
+    never differentiate the drive, and a held graph would keep, e.g., a max-pooled input
+    convolution's pre-pooling map alive."""
+    from ctep import VectorField
+    from ctep.estimators import get_estimator
+    from ctep.models import small_instance
+
+    energy, shape = small_instance("dense", form="classical")
+    field = VectorField(energy)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (3,), generator=gen)
+    bound = []
+    original = VectorField.bind
+
+    def recorded(self, *args):
+        bound.append(original(self, *args))
+        return bound[-1]
+
+    monkeypatch.setattr(VectorField, "bind", recorded)
+    options = {"langevin": dict(samples=20, temperature=1e-3)}.get(estimator, {})
+    with torch.enable_grad():
+        est = get_estimator(estimator, beta=0.05, **options)(field, x, y)
+    assert len(bound) >= 2 and all(torch.isfinite(g).all() for g in est.grads)
+    assert not any(b.input_term.requires_grad for b in bound)
