@@ -8,7 +8,7 @@ Configurations:
 
 - ``bp``: ctep's trainer with ``train.mode = "bp"`` (the same layers as a feedforward net).
 - ``ep-one-sided``, ``ep-centered``: ctep's trainer (closed-form drive ∂Φ/∂s with the input
-  term memoised, fixed budgets with no host synchronisation, one backward pass of
+  term computed once per phase, fixed budgets with no host synchronisation, one backward pass of
   Σ c_k F(s_k, β_k) in θ for the update).
 - ``lit-one-sided``, ``lit-centered``: the literature's code style, written here: every one of
   the T1/T2 steps builds Φ(x, s) with autograd and takes ``torch.autograd.grad(Φ, s)``

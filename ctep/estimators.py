@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ._states import States, select_samples
-from .dynamics import VectorField
+from .dynamics import BoundField, VectorField
 from .energies.base import Energy
 from .solve import Equilibrium, RelaxationError, RelaxConfig, Status, relax
 
@@ -108,10 +108,11 @@ class Estimator:
     def __call__(self, field: VectorField, x: Tensor, y: Tensor, *,
                  free: Equilibrium | None = None, s0: States | None = None) -> Estimate:
         """Estimate dL/dθ for the batch mean of the loss (does not touch ``.grad``)."""
+        base = _bind(field, x)  # the input term once for every phase of the batch
         if free is None:
-            free = relax(field.bind(x), s0, self.relax)
+            free = relax(base, s0, self.relax)
         phases = self.phases()
-        nudged = self._relax_nudged(field, x, y, free, [b for b, _ in phases])
+        nudged = self._relax_nudged(base, y, free, [b for b, _ in phases])
         used = self._usable(free, nudged)
         params = tuple(field.learnable_parameters())
         c0 = -sum(c for _, c in phases)
@@ -126,10 +127,11 @@ class Estimator:
         return Estimate(grads, params, free, nudged, tuple(b for b, _ in phases), loss,
                         used.bool(), {"estimator": self.name, "beta": self.beta, **self._info()})
 
-    def _relax_nudged(self, field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
+    def _relax_nudged(self, base: BoundField, y: Tensor, free: Equilibrium,
                       betas: Sequence[float | complex]) -> tuple[Equilibrium, ...]:
-        """The nudged equilibria, each relaxed from the free one."""
-        return tuple(relax(field.bind(x, y, b), _start(free.states, b), self.nudged_relax)
+        """The nudged equilibria, each relaxed from the free one (fields derived from the free
+        phase's ``base``: the input term is not recomputed)."""
+        return tuple(relax(base.nudged(y, b), _start(free.states, b), self.nudged_relax)
                      for b in betas)
 
     def _info(self) -> dict:
@@ -307,14 +309,14 @@ class FiniteNudgeEP(Estimator):
     def phases(self) -> list[tuple[float, float]]:
         return list(zip(self.nodes, self.coefficients, strict=True))
 
-    def _relax_nudged(self, field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
+    def _relax_nudged(self, base: BoundField, y: Tensor, free: Equilibrium,
                       betas: Sequence[float | complex]) -> tuple[Equilibrium, ...]:
         """Continuation in β: node j starts from node j−1's equilibrium (the first from the free
         one); samples whose previous phase diverged or failed restart from the free state."""
         out: list[Equilibrium] = []
         start = free.states
         for b in betas:
-            eq = relax(field.bind(x, y, b), start, self.nudged_relax)
+            eq = relax(base.nudged(y, b), start, self.nudged_relax)
             out.append(eq)
             ok = (eq.status == Status.CONVERGED) | (eq.status == Status.MAX_STEPS)
             start = select_samples(ok, eq.states, free.states)
@@ -443,10 +445,11 @@ class LangevinEP(Estimator):
         problem = langevin_unsupported(field.energy)
         if problem:
             raise ValueError(problem)
+        base = _bind(field, x)  # the input term once for every phase of the batch
         if free is None:
-            free = relax(field.bind(x), s0, self.relax)
+            free = relax(base, s0, self.relax)
         phases = self.phases()
-        nudged = self._relax_nudged(field, x, y, free, [b for b, _ in phases])
+        nudged = self._relax_nudged(base, y, free, [b for b, _ in phases])
         used = self._usable(free, nudged)
         runs = ([] if self.centered else [(0.0, -1.0 / self.beta, free)]) + [
             (b, c, eq) for (b, c), eq in zip(phases, nudged, strict=True)]
@@ -493,7 +496,7 @@ class LangevinEP(Estimator):
         dtype, device = ref.dtype, ref.device
         x_rep = x.repeat(n_phase * reps, *([1] * (x.dim() - 1)))
         y_rep = torch.cat([y] * (n_phase * reps))
-        bound = field.bind(x_rep, y_rep, 1.0)  # its nudge is ∂ℓ/∂s_L; β enters per row
+        bound = _bind(field, x_rep, y_rep, 1.0)  # its nudge is ∂ℓ/∂s_L; β enters per row
         beta_row = torch.cat([torch.full((group,), float(b), dtype=dtype, device=device)
                               for b, _, _ in phases])
         weight_row = torch.cat([c * keep.to(dtype) / n_used for _, c, _ in phases])
@@ -525,7 +528,7 @@ class LangevinEP(Estimator):
             kicks = noise(k)
             for i in range(k):
                 grads = list(Energy.grad_states(energy, x_rep, st) if autograd
-                             else energy.grad_states(x_rep, st))
+                             else energy.grad_states(x_rep, st, input_term=bound.input_term))
                 grads[-1] = grads[-1] + beta_col * bound.nudge(st)
                 st = energy.clamp(tuple(si - hi * gi + kick[i] for si, gi, hi, kick
                                         in zip(st, grads, h, kicks, strict=True)))
@@ -685,6 +688,15 @@ def _autograd_gradient(field: VectorField, x: Tensor, y: Tensor, free: Equilibri
         grads = torch.autograd.grad(objective, params, allow_unused=True)
     return tuple(torch.zeros_like(p) if g is None else g.detach()
                  for p, g in zip(params, grads, strict=True))
+
+
+def _bind(field: VectorField, x: Tensor, y: Tensor | None = None,
+          beta: float | complex = 0.0) -> BoundField:
+    """``field.bind`` under ``torch.no_grad``: the estimators only relax the bound field (their
+    θ-gradient is autograd of F at the equilibria), so its input term needs no graph (a
+    max-pooled input convolution would keep its pre-pooling map alive for a backward pass)."""
+    with torch.no_grad():
+        return field.bind(x, y, beta)
 
 
 def _fixed(states: States, used: Tensor) -> States:

@@ -7,26 +7,29 @@ their gradient from the nudge term alone.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from .energies._memo import memoised
 
-
-def _targets_as_float(y: Tensor, width: int, like: Tensor) -> Tensor:
-    """Class indices ``(B,)`` become one-hot ``(B, width)``; float targets are checked and cast."""
+def _targets_as_float(y: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Targets as the float tensor of ``shape = (B, n, ...)`` that ℓ compares scores with: class
+    indices ``(B,)`` become one-hot ``(B, n)`` (their range is read on the host); float targets
+    are checked against ``shape`` and cast (no copy when already of ``dtype``)."""
+    width = shape[1]
     if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
         if y.dim() != 1:
             raise ValueError(f"class-index targets must have shape (B,), got {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= width):
             raise ValueError(f"class indices must lie in [0, {width}), got [{int(y.min())}, "
                              f"{int(y.max())}]")
-        return nnf.one_hot(y.long(), width).to(like.dtype)
-    if y.shape != like.shape:
-        raise ValueError(f"float targets must match the output state's shape {tuple(like.shape)},"
+        return nnf.one_hot(y.long(), width).to(dtype)
+    if tuple(y.shape) != tuple(shape):
+        raise ValueError(f"float targets must match the output state's shape {tuple(shape)},"
                          f" got {tuple(y.shape)}")
-    return y.to(like.dtype)
+    return y.to(dtype)
 
 
 class Cost(nn.Module):
@@ -48,20 +51,13 @@ class Cost(nn.Module):
         """Predicted class per sample."""
         return self.logits(output).argmax(dim=1)
 
-    def float_targets(self, y: Tensor, width: int, like: Tensor) -> Tensor:
-        """The targets as a float matrix like ``like`` (one-hot of width ``width`` for class
-        indices), memoised while ``y`` is the same unmodified tensor and ``like`` has the same
-        shape, dtype and device: the nudged steps of a relaxation then check the class indices
-        on the host and build the one-hot matrix once, not at every evaluation. Only entries for
-        the current ``y`` are kept (a new target tensor, e.g. the sub-batch ``y[idx]`` left after
-        samples finish, drops the others), so the memo holds one batch's targets, not one per
-        batch size seen. A change of ``y`` through ``y.data`` (which does not bump the version
-        counter) is not seen."""
-        memo = self.__dict__.setdefault("_target_memo", {})
-        key = (width, tuple(like.shape), like.dtype, like.device)
-        if key not in memo:  # one entry: memoised replaces it when y changes
-            memo.clear()
-        return memoised(memo, key, (y,), lambda: _targets_as_float(y, width, like))
+    def prepare_targets(self, y: Tensor, output_shape: tuple[int, ...],
+                        dtype: torch.dtype) -> Tensor:
+        """``y`` in the form :meth:`forward` and :meth:`grad_output` read fastest, for output
+        states of per-sample shape ``output_shape`` in ``dtype``; they accept it as ``y``.
+        :class:`~ctep.dynamics.BoundField` computes it once per bound batch. Here ``y`` itself;
+        the class-index costs turn indices into their one-hot matrix (checked once)."""
+        return y
 
     def check_targets(self, y: Tensor, batch: int) -> None:
         """Raise a clear error on targets that do not fit a batch of ``batch`` samples."""
@@ -77,12 +73,17 @@ class SquaredError(Cost):
     ∂ℓ/∂s_out = s_out − y.
     """
 
+    def prepare_targets(self, y: Tensor, output_shape: tuple[int, ...],
+                        dtype: torch.dtype) -> Tensor:
+        """The float targets (one-hot for class indices) in ``dtype``."""
+        return _targets_as_float(y, (y.shape[0], *output_shape), dtype)
+
     def forward(self, output: Tensor, y: Tensor) -> Tensor:
-        d = output - self.float_targets(y, output.shape[1], output)
+        d = output - _targets_as_float(y, tuple(output.shape), output.dtype)
         return 0.5 * d.reshape(d.shape[0], -1).pow(2).sum(dim=1)
 
     def grad_output(self, output: Tensor, y: Tensor) -> Tensor:
-        return output - self.float_targets(y, output.shape[1], output)
+        return output - _targets_as_float(y, tuple(output.shape), output.dtype)
 
 
 class CrossEntropy(Cost):
@@ -112,14 +113,20 @@ class CrossEntropy(Cost):
         flat = output.reshape(output.shape[0], -1)
         return flat if self.readout is None else self.readout(flat)
 
+    def prepare_targets(self, y: Tensor, output_shape: tuple[int, ...],
+                        dtype: torch.dtype) -> Tensor:
+        """The float targets over the classes (one-hot for class indices) in ``dtype``."""
+        classes = math.prod(output_shape) if self.readout is None else self.readout.out_features
+        return _targets_as_float(y, (y.shape[0], classes), dtype)
+
     def forward(self, output: Tensor, y: Tensor) -> Tensor:
         z = self.logits(output)
-        target = self.float_targets(y, z.shape[1], z)
+        target = _targets_as_float(y, tuple(z.shape), z.dtype)
         return -(target * torch.log_softmax(z, dim=1)).sum(dim=1)
 
     def grad_output(self, output: Tensor, y: Tensor) -> Tensor:
         z = self.logits(output)
-        dz = torch.softmax(z, dim=1) - self.float_targets(y, z.shape[1], z)
+        dz = torch.softmax(z, dim=1) - _targets_as_float(y, tuple(z.shape), z.dtype)
         if self.readout is not None:
             dz = dz @ self.readout.weight
         return dz.reshape(output.shape)

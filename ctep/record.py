@@ -63,7 +63,6 @@ from ._io import atomic_write
 from ._nudge import real_beta
 from ._states import States, per_sample_all_finite, per_sample_max_abs
 from .dynamics import BoundField, VectorField
-from .energies._memo import forget_input_memo
 from .solve import RelaxConfig, Status, get_method, relax
 
 #: (drive τ ⊙ ds/dt per layer, residual ‖drive‖∞, F = E + β·ℓ) at every stored state
@@ -125,7 +124,6 @@ def record_relaxation(field: VectorField, x: Tensor, y: Tensor | None = None,
         mode, message = "check_times", eq.message
     else:
         t = _check_times(times)
-        forget_input_memo(field.energy)  # as relax does: terms of the current weights
         path = method.on_grid(bound, s0, cfg, t)
         states = path.states
         quantities = _path_quantities(bound, states)

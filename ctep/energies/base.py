@@ -9,6 +9,9 @@ from torch import Tensor, nn
 
 from .._states import Shapes, States
 
+#: what :meth:`Energy.input_term` returns: a tensor or a tuple of tensors (batch first), or None
+InputTerm = Tensor | tuple[Tensor, ...] | None
+
 
 class Energy(nn.Module):
     """A scalar energy E(x, s; θ) per sample over layer states ``s = (s_1, ..., s_L)``.
@@ -18,6 +21,13 @@ class Energy(nn.Module):
     :meth:`stationarity` (a map whose roots are the equilibria, for Newton and implicit
     differentiation). Time constants are not the energy's business: the vector field divides the
     drive by τ.
+
+    **The input term.** What the drive needs from the input x alone (W₀x + b₀ for the dense
+    net, the convolutions of x) is constant during a relaxation. :meth:`input_term` computes it;
+    :meth:`grad_states`, :meth:`drive` and :meth:`stationarity` take it as ``input_term`` and
+    compute it themselves when it is None. :meth:`ctep.VectorField.bind` computes it once per
+    batch and the bound field passes it to every evaluation (and cuts it by rows when samples
+    leave a relaxation), so a relaxation costs one input product, not one per step.
     """
 
     #: Per-sample shapes of the states, one per layer (set by subclasses).
@@ -27,30 +37,40 @@ class Energy(nn.Module):
         """E(x, s; θ), shape ``(B,)``."""
         raise NotImplementedError
 
-    def grad_states(self, x: Tensor, states: States) -> States:
-        """∂E/∂s by autograd (subclasses may give a closed form)."""
+    def input_term(self, x: Tensor) -> InputTerm:
+        """The constant the drive needs from x: a tensor or a tuple of tensors, batch first
+        (cut by rows for a subset of samples), or None for an energy that needs none (this
+        default). Computed under the caller's grad mode: with grad enabled it carries its graph
+        to θ."""
+        return None
+
+    def grad_states(self, x: Tensor, states: States, *, input_term: InputTerm = None) -> States:
+        """∂E/∂s by autograd (subclasses may give a closed form; ``input_term`` is
+        :meth:`input_term` of x, computed when None, unused here)."""
         with torch.enable_grad():
             s = tuple(t.detach().requires_grad_(True) for t in states)
             e = self.energy(x, s).sum()
             return torch.autograd.grad(e, s, create_graph=torch.is_grad_enabled())
 
     def drive(self, x: Tensor, states: States, nudge: Tensor | None, *,
-              autograd: bool = False) -> States:
+              autograd: bool = False, input_term: InputTerm = None) -> States:
         """τ ⊙ ds/dt. Gradient form: ``−(∂E/∂s + n)`` with ``n = β ∂ℓ/∂s_L`` on the output layer.
 
         ``autograd`` asks for autograd derivatives instead of a closed form (they must agree).
+        ``input_term`` is :meth:`input_term` of x (computed when None).
         """
-        grads = list(self.grad_states(x, states))
+        grads = list(self.grad_states(x, states, input_term=input_term))
         if nudge is not None:
             grads[-1] = grads[-1] + nudge
         return tuple(-g for g in grads)
 
-    def stationarity(self, x: Tensor, states: States, nudge: Tensor | None) -> States:
+    def stationarity(self, x: Tensor, states: States, nudge: Tensor | None, *,
+                     input_term: InputTerm = None) -> States:
         """A map g(s) with g(s*) = 0 exactly at the equilibria and a Jacobian invertible there.
 
         Defaults to :meth:`drive`. Newton polishing and implicit differentiation use it.
         """
-        return self.drive(x, states, nudge)
+        return self.drive(x, states, nudge, input_term=input_term)
 
     def param_grads(self, x: Tensor, phases: Sequence[tuple[Tensor, States]]
                     ) -> tuple[Tensor, ...] | None:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation, get_activation
-from ._memo import MEMO_ATTRIBUTE, memoised
+from .base import InputTerm
 from .layered import LayeredEnergy
 
 POOLS = ("max", "avg", "none")
@@ -332,35 +332,30 @@ class CouplingEnergy(LayeredEnergy):
             total = total + (s * self._bias(i, s)).reshape(s.shape[0], -1).sum(dim=1)
         return total
 
-    def phi_grad(self, x: Tensor, r: States) -> States:
+    def phi_grad(self, x: Tensor, r: States, *, input_term: InputTerm = None) -> States:
         """∂Φ/∂r_l = b_l + Σ_{c: dst=l} A_c(r_src) + Σ_{c: src=l} A_c'(r_l)ᵀ r_dst (closed form:
-        convolutions, transposed convolutions and unpooling)."""
+        convolutions, transposed convolutions and unpooling; the couplings from the input give
+        :meth:`input_term`)."""
         layers = (x, *r)
         grads: list[Tensor | None] = [None] * len(r)
+        from_input = iter(self.input_term(x) if input_term is None else input_term)
 
         def add(i: int, g: Tensor) -> None:
             grads[i] = g if grads[i] is None else grads[i] + g
 
-        for k, c in enumerate(self.couplings):
+        for c in self.couplings:
             if c.src == 0:
-                add(c.dst - 1, self._input_term(k, c, x))
+                add(c.dst - 1, next(from_input))
                 continue
             fwd, adj = c.apply_and_adjoint(layers[c.src], layers[c.dst])
             add(c.dst - 1, fwd)
             add(c.src - 1, adj)
         return tuple(g + self._bias(i, g) for i, g in enumerate(grads))
 
-    def _input_term(self, k: int, c: Coupling, x: Tensor) -> Tensor:
-        """A_c(x) for a coupling from the input: constant during a relaxation.
-
-        Outside autograd it is memoised (:func:`memoised`), so a relaxation costs one input
-        convolution instead of one per step. Under autograd it is always recomputed, so
-        gradients reach the weight.
-        """
-        if torch.is_grad_enabled() or x.is_complex():
-            return c.apply(x)
-        memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
-        return memoised(memo, k, (x, c.weight), lambda: c.apply(x))
+    def input_term(self, x: Tensor) -> tuple[Tensor, ...]:
+        """A_c(x) for each coupling from the input, in coupling order: constant during a
+        relaxation (the bound field computes them once per batch)."""
+        return tuple(c.apply(x) for c in self.couplings if c.src == 0)
 
     def active_set_margin(self, x: Tensor, states: States) -> Tensor:
         """Per-sample distance to the nearest switch of the active set, shape ``(B,)``: the

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation
-from ._memo import MEMO_ATTRIBUTE, memoised
+from .base import InputTerm
 from .conv import _clip_codes, _margin, layer_activations
 from .layered import LayeredEnergy
 
@@ -189,14 +189,14 @@ class DendriticHopfield(LayeredEnergy):
             total = total + self.layer_weights[i] * (hi * self.basal(i, lo)).sum(dim=1)
         return total
 
-    def phi_grad(self, x: Tensor, r: States) -> States:
+    def phi_grad(self, x: Tensor, r: States, *, input_term: InputTerm = None) -> States:
         """The somatic input u_l = λ_l⁻¹ ∂Φ̃/∂r_l = b_l + α a_l, in closed form:
         b_l = g_{l−1}(r_{l−1}),  a_l = (1/K) Σ_k (M ⊙ W)_{l,k}ᵀ [f'(z_{l,k}) ⊙ r_{l+1}]."""
         below = (x, *r[:-1])
         out: list[Tensor] = []
         for i, lo in enumerate(below):
             if i == 0:
-                out.append(self._input_basal(x))
+                out.append(self.input_term(x) if input_term is None else input_term)
                 continue
             z = self.branch_preactivations(i, lo)
             out.append(self._f(z).mean(dim=1))
@@ -207,18 +207,10 @@ class DendriticHopfield(LayeredEnergy):
                 "bko,kon->bn", gate, w) / self.branches
         return tuple(out)
 
-    def _input_basal(self, x: Tensor) -> Tensor:
-        """g_0(x), the input's basal drive of layer 1: constant during a relaxation.
-
-        Outside autograd it is memoised (:func:`~ctep.energies._memo.memoised`: the same ``x``,
-        W_0, branch biases and mask objects, unmodified in place). Under autograd it is always
-        recomputed.
-        """
-        if torch.is_grad_enabled() or x.is_complex():
-            return self.basal(0, x)
-        memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
-        return memoised(memo, 0, (x, self.weights[0], self.branch_biases[0], self.mask(0)),
-                        lambda: self.basal(0, x))
+    def input_term(self, x: Tensor) -> Tensor:
+        """g_0(x), the input's basal drive of layer 1: constant during a relaxation (the bound
+        field computes it once per batch)."""
+        return self.basal(0, x)
 
     def phi_grad_autograd(self, x: Tensor, r: States) -> States:
         """u_l = λ_l⁻¹ ∂Φ̃/∂r_l by autograd (for checking the closed form)."""
@@ -234,9 +226,9 @@ class DendriticHopfield(LayeredEnergy):
             total = total + c * g.reshape(s.shape[0], -1).sum(dim=1)
         return total - self.phi(x, self._activities(states))
 
-    def grad_states(self, x: Tensor, states: States) -> States:
+    def grad_states(self, x: Tensor, states: States, *, input_term: InputTerm = None) -> States:
         """∂E/∂s_l = λ_l (σ⁻¹(s_l) − u_l) (primitive) or λ_l (s_l − ρ'(s_l) u_l) (classical)."""
-        g = super().grad_states(x, states)
+        g = super().grad_states(x, states, input_term=input_term)
         return tuple(c * t for c, t in zip(self.layer_weights, g, strict=True))
 
     # drive and stationarity are LayeredEnergy's, built on u = phi_grad: σ(u − n) − s, i.e.

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._states import States
 from ..activations import Activation, get_activation
-from ._memo import MEMO_ATTRIBUTE, memoised
+from .base import InputTerm
 from .layered import LayeredEnergy
 
 
@@ -72,12 +72,12 @@ class DenseHopfield(LayeredEnergy):
             total = total + (hi * (lo @ w.T.to(lo.dtype) + b)).sum(dim=1)
         return total
 
-    def phi_grad(self, x: Tensor, r: States) -> States:
+    def phi_grad(self, x: Tensor, r: States, *, input_term: InputTerm = None) -> States:
         below = (x, *r[:-1])
         grads = []
         for layer, (w, b, lo) in enumerate(zip(self.weights, self.biases, below, strict=True)):
             if layer == 0:
-                g = self.input_drive(x)
+                g = self.input_term(x) if input_term is None else input_term
             else:
                 g = torch.addmm(b.to(lo.dtype), lo, w.T.to(lo.dtype))
             if layer + 1 < len(r):
@@ -86,19 +86,11 @@ class DenseHopfield(LayeredEnergy):
             grads.append(g)
         return tuple(grads)
 
-    def input_drive(self, x: Tensor) -> Tensor:
-        """W_0 x + b_0, the input's share of ∂Φ/∂r_1: constant during a relaxation.
-
-        Outside autograd it is memoised (:func:`~ctep.energies._memo.memoised`: the same ``x``,
-        ``W_0`` and ``b_0``, unmodified in place), so a relaxation of a wide input layer costs
-        one input product instead of one per step. Under autograd it is always computed, so
-        gradients flow to W_0 and b_0.
-        """
+    def input_term(self, x: Tensor) -> Tensor:
+        """W_0 x + b_0, the input's share of ∂Φ/∂r_1: constant during a relaxation (the bound
+        field computes it once per batch)."""
         w, b = self.weights[0], self.biases[0]
-        if torch.is_grad_enabled() or x.is_complex():
-            return torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype))
-        memo = self.__dict__.setdefault(MEMO_ATTRIBUTE, {})
-        return memoised(memo, 0, (x, w, b), lambda: torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype)))
+        return torch.addmm(b.to(x.dtype), x, w.T.to(x.dtype))
 
     def param_grads(self, x: Tensor, phases: Sequence[tuple[Tensor, States]]
                     ) -> tuple[Tensor, ...]:

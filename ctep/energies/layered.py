@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .._states import States
 from ..activations import Activation, get_activation
-from .base import Energy
+from .base import Energy, InputTerm
 
 FORMS = ("primitive", "classical")
 
@@ -45,7 +45,8 @@ class LayeredEnergy(Energy):
     """Base class for energies defined by a primitive Φ(x, r) and one activation per layer.
 
     Subclasses set :attr:`state_shapes` and implement :meth:`phi`; they should also implement
-    :meth:`phi_grad` in closed form (the default uses autograd).
+    :meth:`phi_grad` in closed form (the default uses autograd), taking the input's share of
+    ∂Φ/∂r from :meth:`~ctep.energies.base.Energy.input_term`.
     """
 
     def __init__(self, activations: Sequence[Activation], form: str = "primitive") -> None:
@@ -60,8 +61,9 @@ class LayeredEnergy(Energy):
         """Φ(x, r; θ) per sample, shape ``(B,)``."""
         raise NotImplementedError
 
-    def phi_grad(self, x: Tensor, r: States) -> States:
-        """∂Φ/∂r per layer (autograd here; subclasses give a closed form)."""
+    def phi_grad(self, x: Tensor, r: States, *, input_term: InputTerm = None) -> States:
+        """∂Φ/∂r per layer (autograd here, which needs no ``input_term``; subclasses give a
+        closed form that uses it, computing it from x when None)."""
         return self.phi_grad_autograd(x, r)
 
     def phi_grad_autograd(self, x: Tensor, r: States) -> States:
@@ -89,10 +91,10 @@ class LayeredEnergy(Energy):
             g = sum(0.5 * s.reshape(s.shape[0], -1).pow(2).sum(dim=1) for s in states)
         return g - self.phi(x, self._activities(states))
 
-    def grad_states(self, x: Tensor, states: States) -> States:
+    def grad_states(self, x: Tensor, states: States, *, input_term: InputTerm = None) -> States:
         """∂E/∂s in closed form (from :meth:`phi_grad`)."""
         r = self._activities(states)
-        dphi = self.phi_grad(x, r)
+        dphi = self.phi_grad(x, r, input_term=input_term)
         if self.form == "primitive":
             return tuple(a.inverse(s) - d
                          for a, s, d in zip(self.activations, states, dphi, strict=True))
@@ -100,9 +102,10 @@ class LayeredEnergy(Energy):
                      for a, s, d in zip(self.activations, states, dphi, strict=True))
 
     def drive(self, x: Tensor, states: States, nudge: Tensor | None, *,
-              autograd: bool = False) -> States:
+              autograd: bool = False, input_term: InputTerm = None) -> States:
         r = self._activities(states)
-        dphi = list(self.phi_grad_autograd(x, r) if autograd else self.phi_grad(x, r))
+        dphi = list(self.phi_grad_autograd(x, r) if autograd
+                    else self.phi_grad(x, r, input_term=input_term))
         if self.form == "primitive":
             if nudge is not None:
                 dphi[-1] = dphi[-1] - nudge
@@ -118,13 +121,14 @@ class LayeredEnergy(Energy):
             out.append(f)
         return tuple(out)
 
-    def stationarity(self, x: Tensor, states: States, nudge: Tensor | None) -> States:
+    def stationarity(self, x: Tensor, states: States, nudge: Tensor | None, *,
+                     input_term: InputTerm = None) -> States:
         """Primitive form: the drive. Classical form: the drive on unbounded layers and, on
         clipped layers, the projection map ``clip(∂Φ/∂s − n) − s``, which has the same roots as
         the projected flow and a Jacobian that is invertible at them."""
         if self.form == "primitive" or not any(a.bounded for a in self.activations):
-            return self.drive(x, states, nudge)
-        dphi = self.phi_grad(x, self._activities(states))
+            return self.drive(x, states, nudge, input_term=input_term)
+        dphi = self.phi_grad(x, self._activities(states), input_term=input_term)
         last = len(states) - 1
         out = []
         for i, (a, s, d) in enumerate(zip(self.activations, states, dphi, strict=True)):

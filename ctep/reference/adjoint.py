@@ -109,7 +109,8 @@ def adjoint_gradient(field: VectorField, x: Tensor, y: Tensor, start: States, *,
         raise ValueError(f"horizon must be positive and finite, got {horizon}")
     if int(windows) != windows or windows < 1:
         raise ValueError(f"windows must be a positive integer, got {windows}")
-    bound = field.bind(x)
+    with torch.enable_grad():  # the bound input term carries its graph to θ (the adjoint's
+        bound = field.bind(x)  # vector-Jacobian products retain it)
     params = tuple(field.learnable_parameters())
     edges = torch.linspace(0.0, float(horizon), int(windows) + 1, dtype=torch.float64,
                            device=x.device)

@@ -28,7 +28,7 @@ def bptt_gradient(field: VectorField, x: Tensor, y: Tensor, start: States, *, st
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     h, _ = map_step_sizes(field.tau, damping, dt, "bptt")
     params = tuple(field.learnable_parameters())
-    with torch.enable_grad():
+    with torch.enable_grad():  # the bound input term carries its graph to θ, shared by all steps
         s = unroll(field.bind(x), tuple(t.detach() for t in start), h, steps)
         loss = field.loss(s, y).mean()
         grads = torch.autograd.grad(loss, params, allow_unused=True)

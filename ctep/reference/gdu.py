@@ -233,7 +233,7 @@ def gdu_check(field: VectorField, x: Tensor, y: Tensor, start: States, *, beta: 
         k = steps - t - 1  # the step s_k → s_{k+1} = s_{K−t}
         with torch.enable_grad():
             sk = tuple(s.detach().requires_grad_(True) for s in free[k])
-            out = step(free_field, sk)
+            out = step(field.bind(x), sk)  # each backward pass frees its input term's graph
             g = torch.autograd.grad(out, (*sk, *params), grad_outputs=adj, allow_unused=True)
         adj = tuple(torch.zeros_like(s) if a is None else a.detach()
                     for s, a in zip(sk, g[:n_layers], strict=True))

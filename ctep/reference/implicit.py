@@ -36,7 +36,8 @@ def implicit_gradient(field: VectorField, x: Tensor, y: Tensor, states: States, 
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown implicit solver {solver!r}; known: {', '.join(SOLVERS)}")
-    bound = field.bind(x, y, 0.0)
+    with torch.enable_grad():  # the bound input term carries its graph to θ
+        bound = field.bind(x, y, 0.0)
     states = tuple(s.detach() for s in states)
     batch = x.shape[0]
     with torch.enable_grad():

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._states import States
+from ..energies.base import InputTerm
 from ..losses import Cost
 from ..timeconstants import TimeConstants
 from .field import SkewEnergy, SkewGradientField
@@ -121,11 +122,16 @@ class FitzHughNagumo(SkewEnergy):
         h = (-prim + u * v - 0.5 * self.gamma * v ** 2 + self.a * v - self.inputs(x) * u).sum(1)
         return h + 0.5 * (u * lap_u).sum(dim=1)
 
-    def grad_states(self, x: Tensor, states: States) -> States:
-        """(∂H/∂v, ∂H/∂u) in closed form."""
+    def input_term(self, x: Tensor) -> Tensor:
+        """I = W x + b, constant during a relaxation (the bound field computes it once)."""
+        return self.inputs(x)
+
+    def grad_states(self, x: Tensor, states: States, *, input_term: InputTerm = None) -> States:
+        """(∂H/∂v, ∂H/∂u) in closed form (``input_term``: I = W x + b, computed when None)."""
         v, u = states
+        inputs = self.inputs(x) if input_term is None else input_term
         dv = u - self.gamma * v + self.a
-        du = -(u - u ** 3 / 3) + v - self.inputs(x) + u @ self.laplacian()
+        du = -(u - u ** 3 / 3) + v - inputs + u @ self.laplacian()
         return dv, du
 
     def check_input(self, x: Tensor) -> None:

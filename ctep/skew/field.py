@@ -34,7 +34,7 @@ from torch import Tensor
 from .._linalg import batched_jacobian, checked_eigvals, checked_eigvalsh
 from .._states import States, flatten_states, unflatten_states
 from ..dynamics import VectorField
-from ..energies.base import Energy
+from ..energies.base import Energy, InputTerm
 from ..estimators import Estimate, Estimator
 from ..lagrangian.newton import newton
 from ..losses import Cost
@@ -75,10 +75,10 @@ class SkewEnergy(Energy):
         return tuple(getattr(self, f"sign_{i}") for i in range(self._n_signs))
 
     def drive(self, x: Tensor, states: States, nudge: Tensor | None, *,
-              autograd: bool = False) -> States:
+              autograd: bool = False, input_term: InputTerm = None) -> States:
         """τ ⊙ ds/dt = −σ ⊙ ∂F/∂s."""
         grads = list(Energy.grad_states(self, x, states) if autograd
-                     else self.grad_states(x, states))
+                     else self.grad_states(x, states, input_term=input_term))
         if nudge is not None:
             grads[-1] = grads[-1] + nudge
         return tuple(-sg.to(g.dtype) * g for sg, g in zip(self.signs(), grads, strict=True))
@@ -100,8 +100,11 @@ class SignedEnergy(SkewEnergy):
     def energy(self, x: Tensor, states: States) -> Tensor:
         return self.inner.energy(x, states)
 
-    def grad_states(self, x: Tensor, states: States) -> States:
-        return self.inner.grad_states(x, states)
+    def input_term(self, x: Tensor) -> InputTerm:
+        return self.inner.input_term(x)
+
+    def grad_states(self, x: Tensor, states: States, *, input_term: InputTerm = None) -> States:
+        return self.inner.grad_states(x, states, input_term=input_term)
 
     def clamp(self, states: States) -> States:
         return self.inner.clamp(states)

@@ -11,7 +11,6 @@ from torch import Tensor
 
 from .._states import States, per_sample_max_abs
 from ..dynamics import BoundField
-from ..energies._memo import restrict_input_memo
 from .equilibrium import Equilibrium, Status, Trajectory
 
 
@@ -103,11 +102,6 @@ def finish_samples(book: Book, idx: Tensor, states: States, r: Tensor, tol: floa
 
 
 def restrict_field(field: BoundField, idx: Tensor, full_batch: int) -> BoundField:
-    """The same field restricted to samples ``idx`` (no input re-checks); the energy's memoised
-    input terms of the full batch are cut to those rows rather than recomputed."""
-    if idx.numel() == full_batch:
-        return field
-    y = None if field.y is None else field.y[idx]
-    x = field.x[idx]
-    restrict_input_memo(field.energy, field.x, x, idx)
-    return BoundField(field.field, x, y, field.beta)
+    """The same field restricted to samples ``idx`` (:meth:`BoundField.restrict`: its input term
+    and targets cut to those rows, nothing recomputed or re-checked)."""
+    return field if idx.numel() == full_batch else field.restrict(idx)

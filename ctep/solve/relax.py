@@ -16,7 +16,6 @@ import torch
 from .._linalg import batched_jacobian, checked_solve
 from .._states import States, flatten_states, unflatten_states
 from ..dynamics import BoundField
-from ..energies._memo import forget_input_memo
 from ._book import initial_states, restrict_field
 from .config import RelaxConfig
 from .equilibrium import Equilibrium, Status
@@ -43,7 +42,6 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
     if cfg.max_steps < 1:
         raise ValueError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
     s0 = initial_states(field, s0)
-    forget_input_memo(field.energy)  # terms of the current weights (a fused step bumps no version)
     with torch.no_grad():
         eq = method.relax(field, s0, cfg)
     if cfg.polish > 0:
