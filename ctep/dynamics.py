@@ -158,6 +158,23 @@ class BoundField:
                                  autograd=self.field.gradient == "autograd",
                                  input_term=self.input_term)
 
+    @property
+    def has_plain_map(self) -> bool:
+        """Whether :meth:`plain_map` gives the map (closed-form gradients and an energy with
+        one, :meth:`~ctep.energies.base.Energy.plain_map`)."""
+        return self.field.gradient != "autograd" and self.energy.has_plain_map
+
+    def plain_map(self, states: States) -> States:
+        """s + drive(s) in the energy's closed form (one evaluation): σ(∂Φ/∂s − n) in the
+        primitive form, whose drive is exactly ``plain_map(s) − s``. Check
+        :attr:`has_plain_map` first."""
+        if not self.has_plain_map:
+            raise ValueError(f"{type(self.energy).__name__} has no closed-form plain map here "
+                             "(classical form, or gradient='autograd')")
+        self.nfe += 1
+        return self.energy.plain_map(self.x, tuple(states), self.nudge(states),
+                                     input_term=self.input_term)
+
     def __call__(self, t: Tensor | float, states: States) -> States:
         """ds/dt = τ⁻¹ ⊙ drive(s)."""
         return tuple(d * it for d, it in zip(self.drive(states), self.inv_tau, strict=True))

@@ -72,6 +72,20 @@ class Energy(nn.Module):
         """
         return self.drive(x, states, nudge, input_term=input_term)
 
+    @property
+    def has_plain_map(self) -> bool:
+        """Whether :meth:`plain_map` gives the map (else it returns None)."""
+        return False
+
+    def plain_map(self, x: Tensor, states: States, nudge: Tensor | None, *,
+                  input_term: InputTerm = None) -> States | None:
+        """The map s ← s + drive(s) in closed form, where the energy has one that skips the
+        round trip through the drive (the primitive form's s ← σ(∂Φ/∂s − n)); None here.
+        Energies that give one return the same states as ``clamp(s + drive(s))`` up to the
+        rounding of that sum (an ulp), and their drive must equal ``plain_map(s) − s``
+        bit for bit."""
+        return None
+
     def param_grads(self, x: Tensor, phases: Sequence[tuple[Tensor, States]]
                     ) -> tuple[Tensor, ...] | None:
         """∂/∂θ Σ_k Σ_b w_{k,b} E(x_b, s_{k,b}; θ) in closed form, one tensor per parameter in

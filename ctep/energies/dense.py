@@ -99,16 +99,24 @@ class DenseHopfield(LayeredEnergy):
             ∂/∂W_l Σ_k Σ_b w_{k,b} E = −Σ_k (w_k ⊙ r_{k,l+1})ᵀ r_{k,l},
             ∂/∂b_l Σ_k Σ_b w_{k,b} E = −Σ_k Σ_b w_{k,b} r_{k,l+1,b},
 
-        returned in :meth:`parameters` order (every weight, then every bias)."""
+        returned in :meth:`parameters` order (every weight, then every bias). The input is the
+        same in every phase, so the first layer takes one product, (Σ_k w_k ⊙ r_{k,1})ᵀ x, for
+        all phases (in the centered estimator the difference of the two phases is formed
+        before the product, which also rounds less)."""
         gw = [torch.zeros_like(w) for w in self.weights]
         gb = [torch.zeros_like(b) for b in self.biases]
+        first = None
         for weight, states in phases:
             r = self._activities(states)
-            below = (x.to(r[0].dtype), *r[:-1])
-            for layer, (lo, hi) in enumerate(zip(below, r, strict=True)):
+            for layer, hi in enumerate(r):
                 hw = hi * weight.to(hi.dtype).unsqueeze(1)
-                gw[layer].sub_((hw.T @ lo).to(gw[layer].dtype))
                 gb[layer].sub_(hw.sum(0).to(gb[layer].dtype))
+                if layer == 0:
+                    first = hw if first is None else first + hw
+                else:
+                    gw[layer].sub_((hw.T @ r[layer - 1]).to(gw[layer].dtype))
+        if first is not None:
+            gw[0].sub_((first.T @ x.to(first.dtype)).to(gw[0].dtype))
         return (*gw, *gb)
 
     def check_input(self, x: Tensor) -> None:

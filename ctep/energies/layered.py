@@ -101,8 +101,26 @@ class LayeredEnergy(Energy):
         return tuple(s - _classical_slope(a, s) * d
                      for a, s, d in zip(self.activations, states, dphi, strict=True))
 
+    @property
+    def has_plain_map(self) -> bool:
+        return self.form == "primitive"
+
+    def plain_map(self, x: Tensor, states: States, nudge: Tensor | None, *,
+                  input_term: InputTerm = None) -> States | None:
+        """Primitive form: s ← σ(∂Φ/∂s − n), with n the nudge on the output layer (σ's range is
+        the state box, so no projection is needed). Classical form: None."""
+        if self.form != "primitive":
+            return None
+        dphi = list(self.phi_grad(x, tuple(states), input_term=input_term))
+        if nudge is not None:
+            dphi[-1] = dphi[-1] - nudge
+        return tuple(a(u) for a, u in zip(self.activations, dphi, strict=True))
+
     def drive(self, x: Tensor, states: States, nudge: Tensor | None, *,
               autograd: bool = False, input_term: InputTerm = None) -> States:
+        if self.form == "primitive" and not autograd:
+            mapped = self.plain_map(x, states, nudge, input_term=input_term)
+            return tuple(m - s for m, s in zip(mapped, states, strict=True))
         r = self._activities(states)
         dphi = list(self.phi_grad_autograd(x, r) if autograd
                     else self.phi_grad(x, r, input_term=input_term))

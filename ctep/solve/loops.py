@@ -15,7 +15,7 @@ from ._book import Book, finish_samples, initial_states, restrict_field
 from .anderson import AndersonStep
 from .config import RelaxConfig
 from .equilibrium import Equilibrium, GridPath, RelaxationError
-from .map_step import map_step, map_step_sizes
+from .map_step import is_unit, map_step, map_step_sizes
 
 
 def map_steps(field: BoundField, cfg: RelaxConfig) -> tuple[tuple, float]:
@@ -49,6 +49,9 @@ def relax_loop(field: BoundField, s0: States, cfg: RelaxConfig, *, steps: StepSi
     h, time_per_step = steps(field, cfg)
     mixer = (AndersonStep(energy, h, s0, cfg.memory, cfg.anderson_reg, cfg.anderson_restart)
              if accelerate else None)
+    # unit steps of the primitive form: each iteration is the plain map p = σ(∂Φ/∂s − n) and
+    # the drive, needed at the checks only, is p − s (bit for bit the energy's drive)
+    plain = mixer is None and is_unit(h) and field.has_plain_map
     book = Book(s0, cfg.record)
     idx = torch.arange(batch, device=s0[0].device)
     s = s0
@@ -56,8 +59,14 @@ def relax_loop(field: BoundField, s0: States, cfg: RelaxConfig, *, steps: StepSi
     check = cfg.check_every if cfg.check_every > 0 else cfg.max_steps + 1
     step = 0
     while True:
-        d = f.drive(s)  # drive at the state after `step` iterations (step + 1 evaluations)
+        # the map (or drive) at the state after `step` iterations (step + 1 evaluations)
+        if plain:
+            p = f.plain_map(s)
+        else:
+            d = f.drive(s)
         if step % check == 0 or step == cfg.max_steps:
+            if plain:
+                d = tuple(a - b for a, b in zip(p, s, strict=True))
             r = per_sample_max_abs(d)
             t = step * time_per_step
             if step == cfg.max_steps:  # budget spent: whatever is left is written as it is
@@ -71,12 +80,16 @@ def relax_loop(field: BoundField, s0: States, cfg: RelaxConfig, *, steps: StepSi
                     book.snapshot(t)
                 if not bool(keep.all()):
                     idx, s, d = idx[keep], tuple(x[keep] for x in s), tuple(x[keep] for x in d)
+                    if plain:
+                        p = tuple(x[keep] for x in p)
                     f = restrict_field(field, idx, batch)
                     if mixer is not None:
                         mixer.keep(keep)
             if not idx.numel():
                 break
-        if mixer is not None:
+        if plain:
+            s = p
+        elif mixer is not None:
             s = mixer(s, d)
         else:
             s = map_step(energy, s, d, h)

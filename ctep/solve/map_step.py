@@ -59,7 +59,15 @@ def map_step_sizes(tau: TimeConstants, damping: float = 1.0, dt: float | None = 
         return (damping,) * tau.n_layers, 1.0
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"{method} dt must be positive and finite, got {dt}")
-    return per_neuron_steps(tuple(tau()), dt, damping), damping * dt
+    h = per_neuron_steps(tuple(tau()), dt, damping)
+    # every step exactly 1 (homogeneous τ with damping·dt ≥ τ): the plain map, as without dt
+    h = tuple(1.0 if bool((hh == 1).all()) else hh for hh in h)
+    return h, damping * dt
+
+
+def is_unit(h: tuple[Step, ...]) -> bool:
+    """Whether every layer's step is the float 1 (the plain map)."""
+    return all(not torch.is_tensor(hh) and hh == 1 for hh in h)
 
 
 def map_step(energy: Energy, s: States, d: States, h: tuple[Step, ...]) -> States:
@@ -71,7 +79,9 @@ def map_step(energy: Energy, s: States, d: States, h: tuple[Step, ...]) -> State
 
 def unroll(field: BoundField, s: States, h: tuple[Step, ...], steps: int) -> States:
     """The states after ``steps`` steps of the map from ``s`` (differentiable when the caller
-    enables autograd: nothing is detached)."""
+    enables autograd: nothing is detached); with unit steps and a closed-form plain map
+    (:meth:`~ctep.dynamics.BoundField.plain_map`) that map, as ``fixed_point`` iterates it."""
+    plain = is_unit(h) and field.has_plain_map
     for _ in range(steps):
-        s = map_step(field.energy, s, field.drive(s), h)
+        s = field.plain_map(s) if plain else map_step(field.energy, s, field.drive(s), h)
     return s
