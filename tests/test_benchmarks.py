@@ -114,8 +114,8 @@ def _mnist_root() -> pathlib.Path:
 
 
 def test_training_benchmark_json_and_same_update():
-    """ctep's EP update equals the literature-style autograd-of-Φ update (bit for bit on this
-    machine), and the JSON rows carry the ratios (null where they do not apply)."""
+    """ctep's EP update equals the literature-style autograd-of-Φ update to float32 round-off,
+    and the JSON rows carry the ratios (null where they do not apply)."""
     root = _mnist_root()
     if not (root / "MNIST").is_dir():
         pytest.skip(f"no MNIST under {root} (set CTEP_DATA to a torchvision root)")
@@ -126,9 +126,11 @@ def test_training_benchmark_json_and_same_update():
                           "--warmup", "1", "--batches", "1", "--rounds", "1"],
                          capture_output=True, text=True, timeout=300, env=env, check=True)
     report = json.loads(out.stdout)
-    # bit for bit here (0.0); float32 rounding may differ with another BLAS
+    # the same equilibria bit for bit; the updates differ by the literature style's float32
+    # cancellation in Φ(s⁺) − Φ(s⁻) (measured 2.8e-5 centered, 3.7e-5 one-sided; its own error
+    # against float64 is 2.7e-5, ctep's 1.7e-6): a bound of 10 times that
     assert set(report["same_update_rel_diff"]) == {"lit-centered", "lit-one-sided"}
-    assert all(v < 1e-5 for v in report["same_update_rel_diff"].values())
+    assert all(v < 4e-4 for v in report["same_update_rel_diff"].values())
     rows = {r["config"]: r for r in report["results"]}
     assert set(rows) == {"bp", "ep-centered", "lit-centered"}
     assert rows["bp"]["lit_over_ctep"] is None and rows["ep-centered"]["lit_over_ctep"] is None

@@ -194,3 +194,46 @@ def test_bad_dt_is_refused_everywhere(dt):
         unrolled(field, x, 2, dt=dt)
     with pytest.raises(ValueError, match="gdu dt must be positive and finite"):
         gdu_check(field, x, y, start, steps=2, dt=dt)
+
+
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "tanh"])
+def test_the_plain_map_is_the_unit_step_and_its_drive_is_exact(activation):
+    """Primitive form, unit steps: relax iterates s ← σ(∂Φ/∂s − n) (BoundField.plain_map);
+    the drive it reads at the checks is plain_map(s) − s, bit for bit the energy's drive;
+    the iterates agree with s + drive(s) projected to an ulp per step, and the BPTT unroll
+    takes the same steps bit for bit."""
+    field, x, y = problem(activation=activation, tau="lognormal", tau_spread=0.5)
+    bound = field.bind(x, y, 0.3)
+    assert bound.has_plain_map and field.bind(x).nudged(y, 0.3).has_plain_map
+    s = field.energy.clamp(_start(field, x))  # relax projects its start onto the box
+    mapped = bound.plain_map(s)
+    for m, a, d in zip(mapped, s, bound.drive(s), strict=True):
+        assert torch.equal(m - a, d)
+    plain = relax(bound, s, method="fixed_point", max_steps=K, check_every=0, tol=0.0).states
+    by_drive = s
+    with torch.no_grad():
+        for _ in range(K):
+            by_drive = map_step(field.energy, by_drive, bound.drive(by_drive), (1.0,) * len(s))
+    eps = torch.finfo(torch.float64).eps
+    for a, b in zip(plain, by_drive, strict=True):
+        assert float((a - b).abs().max()) <= 4 * K * eps
+    free = relax(field.bind(x), None, method="fixed_point", max_steps=K, check_every=0,
+                 tol=0.0).states
+    for a, b in zip(free, unrolled(field, x, K), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_classical_form_and_autograd_mode_have_no_plain_map():
+    field, x, _ = problem(activation="tanh", form="classical")
+    assert not field.bind(x).has_plain_map
+    with pytest.raises(ValueError, match="no closed-form plain map"):
+        field.bind(x).plain_map(field.energy.init_states(x.shape[0], dtype=torch.float64))
+
+
+def test_all_unit_per_neuron_steps_become_the_float_one():
+    field, _, _ = problem(activation="tanh", tau="constant")
+    tau = float(next(iter(field.tau())).reshape(-1)[0])
+    h, t = map_step_sizes(field.tau, 1.0, tau)
+    assert h == (1.0,) * len(h) and t == tau
+    h, _ = map_step_sizes(field.tau, 0.5, tau)
+    assert all(torch.is_tensor(hh) for hh in h)
