@@ -73,16 +73,17 @@ class DenseHopfield(LayeredEnergy):
         return total
 
     def phi_grad(self, x: Tensor, r: States, *, input_term: InputTerm = None) -> States:
-        below = (x, *r[:-1])
+        weights, biases = tuple(self.weights), tuple(self.biases)  # one pass over each list
         grads = []
-        for layer, (w, b, lo) in enumerate(zip(self.weights, self.biases, below, strict=True)):
+        for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
             if layer == 0:
                 g = self.input_term(x) if input_term is None else input_term
             else:
+                lo = r[layer - 1]
                 g = torch.addmm(b.to(lo.dtype), lo, w.T.to(lo.dtype))
             if layer + 1 < len(r):
                 above = r[layer + 1]
-                g = g + above @ self.weights[layer + 1].to(above.dtype)
+                g = g + above @ weights[layer + 1].to(above.dtype)
             grads.append(g)
         return tuple(grads)
 
