@@ -4,7 +4,7 @@ The only module of ctep that imports torchdiffeq's private names (its method tab
 ``_impl.odeint.SOLVERS`` and ``FixedGridODESolver``, to tell fixed-grid methods, which take a
 step size, from adaptive ones). A relaxation runs ``torchdiffeq.odeint`` over check windows,
 taking converged samples out of the working batch between them (torchdiffeq shares one step
-size across a batch: SOLVER_NOTES.md §1); a recording on a time grid runs it once over the
+size across a batch, see docs/solvers.md); a recording on a time grid runs it once over the
 whole batch.
 """
 
@@ -32,7 +32,8 @@ FIXED_GRID = tuple(m for m, cls in SOLVERS.items() if issubclass(cls, FixedGridO
 
 def odeint_options(cfg: RelaxConfig, tau_min: float) -> dict:
     """torchdiffeq's ``options`` for ``cfg.method``: the step (default 0.5·τ_min) of a
-    fixed-grid method; else the max norm (SOLVER_NOTES §2) and the step cap ``max_steps``."""
+    fixed-grid method; else the max norm over all states and samples and the step cap
+    ``max_steps``."""
     if cfg.method in FIXED_GRID:
         return {"step_size": cfg.dt if cfg.dt is not None else 0.5 * tau_min}
     if cfg.method == "scipy_solver":

@@ -8,7 +8,7 @@ the same map bit for bit:
 
 * τ-free (``dt`` None): h = damping for every neuron, one unit of time per iteration;
 * per neuron (``dt`` set): h_i = min(1, damping·dt/τ_i), forward Euler with step damping·dt on
-  τ ⊙ ds/dt = drive, each neuron's step clipped at its plain-map update (THEORY §2.1).
+  τ ⊙ ds/dt = drive, each neuron's step clipped at its plain-map update (docs/solvers.md).
 
 This module imports nothing from :mod:`ctep.solve.relax`, so the references and the trainer can
 use it without the solver loops.
@@ -39,7 +39,7 @@ def per_neuron_steps(taus: tuple[Tensor, ...], dt: float, damping: float = 1.0
     s_i ← σ(∂Φ/∂s_i) for that neuron, and beyond 1 the step overshoots it. The clip comes after
     the damping, so neurons with damping·dt/τ_i ≥ 1 take the undamped step 1. Its fixed points
     are those of the flow for every τ; its stability needs λ_max(D_h^{1/2} H D_h^{1/2}) < 2
-    (THEORY §2.1).
+    (docs/solvers.md).
     """
     return tuple(torch.clamp((dt / t.detach()) * damping, max=1.0) for t in taus)
 

@@ -2,8 +2,8 @@
 
 Every method stops each sample on its own residual ‖τ ⊙ ds/dt‖∞ ≤ tol: converged samples are
 taken out of the working batch at each check, so a stiff sample costs only its own evaluations
-and no sample's result depends on the others' (torchdiffeq shares one step size across a batch:
-SOLVER_NOTES.md §1). The methods are those of the registry (:mod:`ctep.solve.methods`).
+and no sample's result depends on the others' (torchdiffeq shares one step size across a batch;
+see docs/solvers.md). The methods are those of the registry (:mod:`ctep.solve.methods`).
 Nothing here is differentiated: references unroll their own graphs.
 """
 
