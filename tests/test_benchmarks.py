@@ -165,6 +165,6 @@ def test_floor_loop_is_the_trainers_arithmetic():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--check-only",
                           "--json"], capture_output=True, text=True, timeout=300, check=True)
     rows = json.loads(out.stdout)
-    assert [r["row"] for r in rows] == ["mnist-512", "fmnist-256-256"]
+    assert [r["row"] for r in rows] == ["mnist-512", "fmnist-256-256", "dendritic-256"]
     for r in rows:
         assert 0 <= r["check_rel_diff"] < 1e-5, r
