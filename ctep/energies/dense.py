@@ -80,10 +80,10 @@ class DenseHopfield(LayeredEnergy):
                 g = self.input_term(x) if input_term is None else input_term
             else:
                 lo = r[layer - 1]
-                g = torch.addmm(b.to(lo.dtype), lo, w.T.to(lo.dtype))
+                g = torch.addmm(_cast(b, lo.dtype), lo, _cast(w, lo.dtype).T)
             if layer + 1 < len(r):
                 above = r[layer + 1]
-                g = g + above @ weights[layer + 1].to(above.dtype)
+                g = g + above @ _cast(weights[layer + 1], above.dtype)
             grads.append(g)
         return tuple(grads)
 
@@ -130,3 +130,9 @@ class DenseHopfield(LayeredEnergy):
     def extra_repr(self) -> str:
         names = ",".join(sorted({a.name for a in self.activations}))
         return f"sizes={list(self.sizes)}, activation={names}, form={self.form}"
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (complex states of holomorphic EP); the tensor itself when it already
+    is (skipping ``Tensor.to``'s dispatch on every step)."""
+    return t if t.dtype == dtype else t.to(dtype)
