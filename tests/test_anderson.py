@@ -187,12 +187,12 @@ def test_a_restart_drops_the_whole_history():
     iterate. The other sample of the batch keeps iterating as if nothing happened."""
     from ctep.solve._book import initial_states
     from ctep.solve.anderson import AndersonStep
-    from ctep.solve.loops import map_steps as loop_steps
+    from ctep.solve.loops import map_steps
 
     field, x, y = problem(activation="tanh", tau="lognormal", tau_spread=0.5, batch=2)
     bound = field.bind(x, y, 0.5)
     cfg = RelaxConfig(method="anderson", dt=0.2)
-    h, _ = loop_steps(bound, cfg)
+    h, _ = map_steps(bound, cfg)
 
     def run(jump: bool) -> tuple:
         mixer = AndersonStep(bound.energy, h, initial_states(bound), 5, 1e-10, 100.0)
@@ -219,11 +219,11 @@ def test_restart_counts_follow_each_sample_out_of_the_batch():
     the working batch (``keep``) are kept, those still working keep counting."""
     from ctep.solve._book import initial_states
     from ctep.solve.anderson import AndersonStep
-    from ctep.solve.loops import map_steps as loop_steps
+    from ctep.solve.loops import map_steps
 
     field, x, y = problem(activation="tanh", batch=3)
     bound = field.bind(x, y, 0.5)
-    h, _ = loop_steps(bound, RelaxConfig(method="anderson"))
+    h, _ = map_steps(bound, RelaxConfig(method="anderson"))
     s = initial_states(bound)
     mixer = AndersonStep(bound.energy, h, s, 3, 1e-10, 100.0)
     working = torch.arange(3)
