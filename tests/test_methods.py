@@ -108,3 +108,22 @@ def test_unregistered_method_is_gone():
         unregister_method("forward_euler")
     assert math.isfinite(get_method("exp_euler").step_sizes(
         problem()[0].bind(problem()[1]), RelaxConfig())[1])
+
+
+@pytest.mark.parametrize("field,value", [
+    ("check_every", -1), ("max_steps", 2.5), ("max_steps", 0), ("max_steps", True),
+    ("polish", -1), ("tol", -1e-6), ("tol", math.nan), ("diverge_at", -1.0),
+    ("diverge_at", math.nan), ("diverge_at", 0.0), ("rtol", -1e-3), ("atol", math.inf),
+])
+def test_relax_config_refuses_bad_values_naming_the_field(field, value):
+    """Checked once, where the config is made (and by replace), with the field's name."""
+    with pytest.raises(ValueError, match=rf"RelaxConfig\.{field} must"):
+        RelaxConfig(**{field: value})
+    with pytest.raises(ValueError, match=rf"RelaxConfig\.{field} must"):
+        RelaxConfig().replace(**{field: value})
+
+
+def test_relax_config_keeps_the_allowed_edges():
+    cfg = RelaxConfig(tol=0.0, check_every=0, polish=0, diverge_at=math.inf, rtol=0.0, atol=0.0,
+                      max_time=math.inf)
+    assert cfg.diverge_at == math.inf and cfg.tol == 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 
 
@@ -67,6 +69,28 @@ class RelaxConfig:
     polish: int = 0
     record: bool = False
     diverge_at: float = 1e8
+
+    def __post_init__(self) -> None:
+        """The checks that hold for every method (method-specific ones, such as ``dt`` and
+        ``damping`` of the map, are made by the method that reads them)."""
+        def whole(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"RelaxConfig.{name} must be an integer ≥ {low}, got {v!r}")
+
+        whole("max_steps", 1)
+        whole("check_every", 0)
+        whole("polish", 0)
+        if not (isinstance(self.tol, numbers.Real) and math.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"RelaxConfig.tol must be finite and ≥ 0, got {self.tol!r}")
+        if not (isinstance(self.diverge_at, numbers.Real) and self.diverge_at > 0):
+            raise ValueError(f"RelaxConfig.diverge_at must be > 0 (math.inf: only non-finite "
+                             f"states diverge), got {self.diverge_at!r}")
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, numbers.Real) and math.isfinite(v)
+                                      and v >= 0):
+                raise ValueError(f"RelaxConfig.{name} must be None or finite and ≥ 0, got {v!r}")
 
     def replace(self, **changes) -> RelaxConfig:
         """A copy with some fields changed."""

@@ -9,8 +9,6 @@ Nothing here is differentiated: references unroll their own graphs.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._linalg import batched_jacobian, checked_solve
@@ -36,11 +34,7 @@ def relax(field: BoundField, s0: States | None = None, config: RelaxConfig | Non
         diverges or does not converge (call :meth:`Equilibrium.check` for that).
     """
     cfg = (config or RelaxConfig()).replace(**overrides)
-    method = get_method(cfg.method)
-    if not (cfg.tol >= 0 and math.isfinite(cfg.tol)):
-        raise ValueError(f"tol must be finite and ≥ 0, got {cfg.tol}")
-    if cfg.max_steps < 1:
-        raise ValueError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
+    method = get_method(cfg.method)  # the config has checked its fields when it was made
     s0 = initial_states(field, s0)
     with torch.no_grad():
         eq = method.relax(field, s0, cfg)
