@@ -62,6 +62,10 @@ class VectorField(nn.Module):
         energy's input term, the cost's prepared targets) are computed here, once, for the
         weights as they are now (see :class:`BoundField`).
         """
+        if not torch.is_tensor(x) or x.dim() == 0 or x.shape[0] == 0:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"bind needs a batch of at least one input (batch first), got "
+                             f"{shape}")
         self.energy.check_input(x)
         _check_nudge(self, y, beta, x.shape[0])
         return BoundField(self, x, y, beta)

@@ -127,3 +127,15 @@ def test_relax_config_keeps_the_allowed_edges():
     cfg = RelaxConfig(tol=0.0, check_every=0, polish=0, diverge_at=math.inf, rtol=0.0, atol=0.0,
                       max_time=math.inf)
     assert cfg.diverge_at == math.inf and cfg.tol == 0.0
+
+
+def test_an_empty_batch_and_a_zero_fixed_grid_step_are_named():
+    """Were a reshape error and a ZeroDivisionError (issue 20)."""
+    field, x, _ = problem()
+    with pytest.raises(ValueError, match="at least one input"):
+        field.bind(x[:0])
+    with pytest.raises(ValueError, match="at least one input"):
+        field.bind(x[0, 0])
+    for dt in (0.0, -0.5, math.inf):
+        with pytest.raises(ValueError, match=r"rk4 dt \(its step\) must be positive"):
+            relax(field.bind(x), method="rk4", dt=dt)

@@ -35,6 +35,9 @@ def odeint_options(cfg: RelaxConfig, tau_min: float) -> dict:
     fixed-grid method; else the max norm over all states and samples and the step cap
     ``max_steps``."""
     if cfg.method in FIXED_GRID:
+        if cfg.dt is not None and not (cfg.dt > 0 and math.isfinite(cfg.dt)):
+            raise ValueError(f"{cfg.method} dt (its step) must be positive and finite, got "
+                             f"{cfg.dt}")
         return {"step_size": cfg.dt if cfg.dt is not None else 0.5 * tau_min}
     if cfg.method == "scipy_solver":
         return {}
