@@ -68,7 +68,8 @@ def test_config_round_trips_through_toml(tmp_path):
     ("train.progress=1", "true or false"),
     ('train.mode="sgd"', "train.mode"),
     ("estimator.beta=-1", "beta"),
-    ("relax.tol=0", "relax.tol"),
+    ("relax.tol=-1e-3", "relax.tol must be finite and ≥ 0"),
+    ("relax.tol=inf", "relax.tol must be finite and ≥ 0"),
     ("optimizer.lr=[0.1, -1]", "optimizer.lr"),
     ('model.dtype="float16"', "model.dtype"),
     ("model.hidden=[2.5]", "integer widths"),
@@ -94,6 +95,13 @@ def test_bad_config_values_are_named(item, message):
              "unrolls the fixed_point map": ['train.mode="bptt"']}.get(message, [])
     with pytest.raises(ValueError, match=message):
         synthetic(item, *extra)
+
+
+def test_relax_tol_zero_is_allowed_as_in_the_api():
+    """One rule with RelaxConfig: tol = 0 runs every phase's whole budget."""
+    cfg = synthetic("relax.tol=0")
+    cfg.validate()
+    assert cfg.relax.tol == 0.0
 
 
 def test_override_parsing():

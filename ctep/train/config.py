@@ -277,7 +277,9 @@ class TrainConfig:
         _require(0 < r.damping <= 1, "relax.damping must lie in (0, 1]")
         _require(r.free_steps >= 1 and r.nudged_steps >= 1,
                  "relax.free_steps and relax.nudged_steps must be ≥ 1")
-        _require(r.tol > 0 and math.isfinite(r.tol), "relax.tol must be > 0")
+        _require(r.tol >= 0 and math.isfinite(r.tol),
+                 "relax.tol must be finite and ≥ 0 (as for RelaxConfig; 0: no sample stops "
+                 "before its budget)")
         _require(r.check_every >= 0 and r.eval_steps >= 0,
                  "relax.check_every and relax.eval_steps must be ≥ 0")
         _require(r.dt >= 0 and math.isfinite(r.dt), "relax.dt must be ≥ 0 (0: the method's "
