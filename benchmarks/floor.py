@@ -68,6 +68,15 @@ def supported(cfg: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- the floor
 
 
+def layer_sgd(cfg: TrainConfig, layers: list[list[torch.Tensor]]) -> torch.optim.SGD:
+    """The config's SGD with one learning rate per layer's parameters, as the trainer's."""
+    o = cfg.optimizer
+    lrs = o.lr if isinstance(o.lr, list) else [o.lr] * len(layers)
+    return torch.optim.SGD([{"params": p, "lr": lr} for p, lr in zip(layers, lrs, strict=True)],
+                           lr=lrs[0], momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay)
+
+
 def relax_phase(x_drive: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
                 s: list[torch.Tensor], steps: int, beta: float,
                 target: torch.Tensor | None) -> list[torch.Tensor]:
@@ -96,13 +105,7 @@ class MinimalEP:
                  biases: list[torch.Tensor], compile_phases: bool = False) -> None:
         self.w = [nn.Parameter(w.detach().clone()) for w in weights]
         self.b = [nn.Parameter(b.detach().clone()) for b in biases]
-        lrs = cfg.optimizer.lr if isinstance(cfg.optimizer.lr, list) else [cfg.optimizer.lr] * len(
-            self.w)
-        self.opt = torch.optim.SGD([{"params": [w, b], "lr": lr}
-                                    for w, b, lr in zip(self.w, self.b, lrs, strict=True)],
-                                   lr=lrs[0], momentum=cfg.optimizer.momentum,
-                                   nesterov=cfg.optimizer.nesterov,
-                                   weight_decay=cfg.optimizer.weight_decay)
+        self.opt = layer_sgd(cfg, [[w, b] for w, b in zip(self.w, self.b, strict=True)])
         self.beta = cfg.estimator.beta
         self.t_free, self.t_nudged = cfg.relax.free_steps, cfg.relax.nudged_steps
         self.classes = weights[-1].shape[0]
@@ -138,13 +141,7 @@ class MinimalDendriticEP:
         self.masks = [energy.mask(i).detach().clone() for i in range(len(self.w))]
         self.alpha, self.k = energy.apical_scale, energy.branches
         self.lam = energy.layer_weights
-        lrs = cfg.optimizer.lr if isinstance(cfg.optimizer.lr, list) else [cfg.optimizer.lr] * len(
-            self.w)
-        self.opt = torch.optim.SGD([{"params": [w, c], "lr": lr}
-                                    for w, c, lr in zip(self.w, self.c, lrs, strict=True)],
-                                   lr=lrs[0], momentum=cfg.optimizer.momentum,
-                                   nesterov=cfg.optimizer.nesterov,
-                                   weight_decay=cfg.optimizer.weight_decay)
+        self.opt = layer_sgd(cfg, [[w, c] for w, c in zip(self.w, self.c, strict=True)])
         self.beta = cfg.estimator.beta
         self.t_free, self.t_nudged = cfg.relax.free_steps, cfg.relax.nudged_steps
         self.classes = self.w[-1].shape[1]
@@ -203,12 +200,8 @@ class PlainBP:
                 lin.bias.copy_(b)
             layers += [lin, nn.Hardtanh(0.0, 1.0)]
         self.net = nn.Sequential(*layers)
-        lrs = cfg.optimizer.lr if isinstance(cfg.optimizer.lr, list) else [cfg.optimizer.lr] * len(
-            weights)
-        lins = [m for m in self.net if isinstance(m, nn.Linear)]
-        self.opt = torch.optim.SGD([{"params": m.parameters(), "lr": lr}
-                                    for m, lr in zip(lins, lrs, strict=True)],
-                                   lr=lrs[0], momentum=cfg.optimizer.momentum)
+        self.opt = layer_sgd(cfg, [list(m.parameters()) for m in self.net
+                                   if isinstance(m, nn.Linear)])
         self.classes = weights[-1].shape[0]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -115,13 +115,10 @@ class Estimator:
         nudged = self._relax_nudged(base, y, free, [b for b, _ in phases])
         used = self._usable(free, nudged)
         params = tuple(field.learnable_parameters())
-        c0 = -sum(c for _, c in phases)
-        weighted = [(c, eq.states) for (_, c), eq in zip(phases, nudged, strict=True)]
-        if abs(c0) > 1e-12 * max(abs(c) for _, c in phases):
-            weighted.insert(0, (c0, free.states))
-        grads = _closed_form_gradient(field, x, weighted, used)
+        terms = _terms(phases, free, nudged)
+        grads = _closed_form_gradient(field, x, terms, used)
         if grads is None:
-            grads = _autograd_gradient(field, x, y, free, nudged, phases, c0, used, params)
+            grads = _autograd_gradient(field, x, y, terms, used, params)
         with torch.no_grad():
             loss = field.loss(free.states, y)
         return Estimate(grads, params, free, nudged, tuple(b for b, _ in phases), loss,
@@ -658,31 +655,40 @@ def _keyword_options(cls: type[Estimator]) -> set[str]:
     return names
 
 
-def _closed_form_gradient(field: VectorField, x: Tensor,
-                          weighted: list[tuple[float | complex, States]],
+#: one term c_k·F(s_k, β_k) of an estimator: (c_k, β_k, s_k)
+Term = tuple[float | complex, float | complex, States]
+
+
+def _terms(phases: Sequence[tuple[float | complex, float | complex]], free: Equilibrium,
+           nudged: Sequence[Equilibrium]) -> list[Term]:
+    """The terms of Σ_k c_k F(s_k, β_k): the nudged phases, and the free phase with
+    c_0 = −Σ_k c_k unless it vanishes (the centered and holomorphic rules)."""
+    terms: list[Term] = [(c, b, eq.states) for (b, c), eq in zip(phases, nudged, strict=True)]
+    c0 = -sum(c for _, c in phases)
+    if abs(c0) > 1e-12 * max(abs(c) for _, c in phases):
+        terms.insert(0, (c0, 0.0, free.states))
+    return terms
+
+
+def _closed_form_gradient(field: VectorField, x: Tensor, terms: list[Term],
                           used: Tensor) -> tuple[Tensor, ...] | None:
-    """∂θ of (Σ_b used_b Σ_k c_k F(s_{k,b})) / Σ_b used_b from the energy's closed form
+    """∂θ of (Σ_b used_b Σ_k c_k F(s_{k,b}, β_k)) / Σ_b used_b from the energy's closed form
     (:meth:`~ctep.energies.base.Energy.param_grads`): where the cost has no parameters (then
     ∂θF = ∂θE), every c_k and state is real, and the energy gives one; else None."""
     if any(True for _ in field.cost.parameters()):
         return None
-    if any(isinstance(c, complex) or s[0].is_complex() for c, s in weighted):
+    if any(isinstance(c, complex) or s[0].is_complex() for c, _, s in terms):
         return None
     share = used / used.sum().clamp_min(1)
-    return field.energy.param_grads(x, [(c * share, _fixed(s, used)) for c, s in weighted])
+    return field.energy.param_grads(x, [(c * share, _fixed(s, used)) for c, _, s in terms])
 
 
-def _autograd_gradient(field: VectorField, x: Tensor, y: Tensor, free: Equilibrium,
-                       nudged: Sequence[Equilibrium], phases: list, c0: float,
+def _autograd_gradient(field: VectorField, x: Tensor, y: Tensor, terms: list[Term],
                        used: Tensor, params: tuple[nn.Parameter, ...]) -> tuple[Tensor, ...]:
     """The same gradient by autograd through Σ_k c_k F(s_k, β_k) (any energy and cost)."""
     with torch.enable_grad():
-        total = 0.0
-        if abs(c0) > 1e-12 * max(abs(c) for _, c in phases):
-            total = total + c0 * field.total_energy(x, _fixed(free.states, used))
-        for (b, c), eq in zip(phases, nudged, strict=True):
-            total = total + c * field.total_energy(x, _fixed(eq.states, used), y, b)
-        if torch.is_tensor(total) and total.is_complex():
+        total = sum(c * field.total_energy(x, _fixed(s, used), y, b) for c, b, s in terms)
+        if total.is_complex():
             total = total.real  # θ is real, so ∂θ Re(c·F) = Re(c·∂θF)
         objective = (total * used).sum() / used.sum().clamp_min(1)
         grads = torch.autograd.grad(objective, params, allow_unused=True)

@@ -214,9 +214,11 @@ def test_the_plain_map_is_the_unit_step_and_its_drive_is_exact(activation):
     with torch.no_grad():
         for _ in range(K):
             by_drive = map_step(field.energy, by_drive, bound.drive(by_drive), (1.0,) * len(s))
+    # s + (σ(u) − s) rounds to σ(u) within an ulp of |s| ≤ 1 per step, and the map does not
+    # amplify it here (measured: 0 for hard sigmoid, 0.25 ε for tanh after K = 9 steps)
     eps = torch.finfo(torch.float64).eps
     for a, b in zip(plain, by_drive, strict=True):
-        assert float((a - b).abs().max()) <= 4 * K * eps
+        assert float((a - b).abs().max()) <= K * eps
     free = relax(field.bind(x), None, method="fixed_point", max_steps=K, check_every=0,
                  tol=0.0).states
     for a, b in zip(free, unrolled(field, x, K), strict=True):

@@ -65,9 +65,9 @@ def test_estimators_use_the_closed_form_and_match_autograd(monkeypatch, make):
     est = estimator(field, x, y)
     assert not calls  # the closed form was used
     phases = estimator.phases()
-    c0 = -sum(c for _, c in phases)
-    want = original(field, x, y, est.free, est.nudged, phases, c0,
-                    est.used.to(torch.float64), tuple(field.learnable_parameters()))
+    terms = estimators_module._terms(phases, est.free, est.nudged)
+    want = original(field, x, y, terms, est.used.to(torch.float64),
+                    tuple(field.learnable_parameters()))
     # |states|, |x| ≤ 1 and the batch weights sum to 1: each entry is a sum of terms of size
     # at most |c_k|, so its round-off is a few ε·Σ|c_k| (finite nudge's c_k reach ~50)
     bound = 64 * torch.finfo(torch.float64).eps * sum(abs(c) for _, c in phases)
@@ -81,7 +81,8 @@ def test_a_masked_sample_and_a_readout():
     states = tuple(torch.rand(5, n, dtype=torch.float64) for n in (8, 4))
     bad = tuple(s.clone() for s in states)
     bad[0][2] = torch.inf  # a diverged sample: masked, and its inf must not leak
-    got = estimators_module._closed_form_gradient(field, x, [(0.5, bad), (-0.5, states)], used)
+    got = estimators_module._closed_form_gradient(field, x, [(0.5, 0.1, bad), (-0.5, -0.1, states)],
+                                                      used)
     share = used / used.sum()
     clean = tuple(torch.where(used.bool().unsqueeze(1), s, 0.0) for s in bad)
     want = _autograd(field.energy, x, [(0.5 * share, clean), (-0.5 * share, states)])
@@ -89,7 +90,7 @@ def test_a_masked_sample_and_a_readout():
         assert bool(torch.isfinite(g).all())
         torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-15)
     field_ro, x, _ = _field(readout=True)
-    assert estimators_module._closed_form_gradient(field_ro, x, [(1.0, states)], used) is None
+    assert estimators_module._closed_form_gradient(field_ro, x, [(1.0, 0.1, states)], used) is None
 
 
 CFG = RelaxConfig(method="fixed_point", tol=1e-10, max_steps=5000)

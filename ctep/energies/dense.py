@@ -116,7 +116,7 @@ class DenseHopfield(LayeredEnergy):
                 if layer > 0:
                     gw[layer].sub_((hw.T @ r[layer - 1]).to(gw[layer].dtype))
         if not phases:
-            return (*gw, *(torch.zeros_like(b) for b in self.biases))
+            raise ValueError("param_grads needs at least one phase")
         gw[0].sub_((summed[0].T @ x.to(summed[0].dtype)).to(gw[0].dtype))
         gb = tuple((-a.sum(0)).to(b.dtype) for a, b in zip(summed, self.biases, strict=True))
         return (*gw, *gb)

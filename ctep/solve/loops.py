@@ -69,12 +69,11 @@ def relax_loop(field: BoundField, s0: States, cfg: RelaxConfig, *, steps: StepSi
                 d = tuple(a - b for a, b in zip(p, s, strict=True))
             r = per_sample_max_abs(d)
             t = step * time_per_step
+            keep = finish_samples(book, idx, s, r, cfg.tol, cfg.diverge_at, t, (step, step + 1))
             if step == cfg.max_steps:  # budget spent: whatever is left is written as it is
-                keep = finish_samples(book, idx, s, r, cfg.tol, cfg.diverge_at, t, (step, step + 1))
                 book.write(idx[keep], tuple(x[keep] for x in s), r[keep], t, (step, step + 1))
                 idx = idx[:0]
             else:
-                keep = finish_samples(book, idx, s, r, cfg.tol, cfg.diverge_at, t, (step, step + 1))
                 if cfg.record:
                     book.write(idx[keep], tuple(x[keep] for x in s), r[keep], t)
                     book.snapshot(t)
